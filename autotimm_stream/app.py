@@ -1,0 +1,119 @@
+"""Builds a :class:`Pipeline` from a :class:`RunConfig`, validating everything before writing anything."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+from .batching import BatchPolicy
+from .config import RunConfig
+from .errors import SinkError, SourceError
+from .pipeline import Pipeline
+from .postprocess import Postprocessor
+from .ringbuffer import RingBuffer
+from .runtime.runner import ModelRunner
+from .sinks import JsonlSink, Sink, VideoSink, ZmqSink
+from .sources import FileSource, Source
+
+__all__ = ["build_pipeline", "write_summary"]
+
+_logger = logging.getLogger(__name__)
+
+
+def build_sources(cfg: RunConfig, stop: threading.Event) -> list[Source]:
+    """Create and open every source (raises SourceError on the first bad one)."""
+    bell = threading.Condition()
+    sources: list[Source] = []
+    try:
+        for i, sc in enumerate(cfg.sources):
+            src = FileSource(
+                sc.id,
+                sc.uri,
+                RingBuffer(sc.buffer_size, sc.policy, bell),
+                stop,
+                decode_threads=sc.decode_threads,
+                realtime=sc.realtime,
+            )
+            sources.append(src)
+            try:
+                src.open()
+            except SourceError as exc:
+                raise SourceError(f"sources[{i}].uri: {exc}") from None
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    return sources
+
+
+def build_sinks(cfg: RunConfig, runner: ModelRunner, sources: list[Source]) -> list[Sink]:
+    """The configured sinks; the ZMQ sink comes first because binding is what most often fails."""
+    out = cfg.output_dir
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"output_dir: cannot create {out!r} ({exc.strerror}); pick a writable folder") from None
+    name = runner.meta_name
+    sinks: list[Sink] = []
+    s = cfg.sinks
+    if s.zmq.enabled:
+        sinks.append(
+            ZmqSink(
+                s.zmq.endpoint,
+                model_name=name,
+                hwm=s.zmq.hwm,
+                wait_subscribers=s.zmq.wait_subscribers,
+                wait_timeout_s=s.zmq.wait_timeout_s,
+            )
+        )
+    if s.jsonl.enabled:
+        sinks.append(JsonlSink(os.path.join(out, s.jsonl.filename), model_name=name))
+    if s.video.enabled:
+        fps = {src.source_id: src.info.fps if src.info else None for src in sources}
+        sinks.append(
+            VideoSink(
+                os.path.join(out, s.video.filename),
+                several_sources=len(sources) > 1,
+                fps=fps,
+                crf=s.video.crf,
+                preset=s.video.preset,
+            )
+        )
+    return sinks
+
+
+def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipeline:
+    """Load the model, open the sources, prepare the sinks. Nothing is written before all succeed."""
+    stop = stop or threading.Event()
+    m = cfg.model
+    runner = ModelRunner(m.path, device=m.device, fp16=m.fp16, channels_last=m.channels_last, threads=m.threads)
+    sources = build_sources(cfg, stop)
+    try:
+        sinks = build_sinks(cfg, runner, sources)
+    except BaseException:
+        for src in sources:
+            src.close()
+        raise
+    post = Postprocessor(runner.meta, top_k=m.top_k, threshold=m.threshold)
+    b = cfg.batching
+    return Pipeline(
+        sources,
+        runner,
+        sinks,
+        BatchPolicy(b.max_batch, b.max_wait_ms, b.max_frames_per_source),
+        stop=stop,
+        postprocessor=post,
+        drain_timeout_s=cfg.drain_timeout_s,
+    )
+
+
+def write_summary(summary: dict, output_dir: str) -> str:
+    """Write the run summary as ``summary.json`` in ``output_dir``; returns its path."""
+    path = os.path.join(output_dir, "summary.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,104 @@
+"""Forms batches from many ring buffers.
+
+A batch leaves when ``max_batch`` frames are in it or ``max_wait_ms`` after its first frame
+entered its ring buffer (Triton's ``max_queue_delay``: a frame that already waited while the
+model was busy does not wait again). Sources are visited round-robin, starting one further each
+batch, and no source gives more than ``max_frames_per_source`` frames to one batch, so a busy
+stream cannot starve a quiet one and a silent stream never holds a batch back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from .frame import Frame
+from .ringbuffer import RingBuffer
+
+__all__ = ["Batcher", "BatchPolicy"]
+
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch: int = 8  # frames per batch at most
+    max_wait_ms: float = 10.0  # longest a frame waits for company, from entering its buffer
+    max_frames_per_source: int = 0  # per-source share of one batch; 0 = no limit
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_frames_per_source < 0:
+            raise ValueError(f"max_frames_per_source must be >= 0, got {self.max_frames_per_source}")
+
+
+class Batcher:
+    """Takes frames from ``buffers`` (all sharing one bell) and groups them into batches."""
+
+    def __init__(self, buffers: list[RingBuffer], bell: threading.Condition, policy: BatchPolicy):
+        self.buffers = buffers
+        self.bell = bell
+        self.policy = policy
+        self._start = 0
+
+    def _available(self) -> bool:
+        return any(len(b) for b in self.buffers)
+
+    def finished(self) -> bool:
+        """True when every source has ended and every buffer is empty."""
+        return all(b.exhausted for b in self.buffers)
+
+    def _take(self, batch: list[Frame], taken: dict[int, int]) -> None:
+        n = len(self.buffers)
+        cap = self.policy.max_frames_per_source or self.policy.max_batch
+        progress = True
+        while progress and len(batch) < self.policy.max_batch:
+            progress = False
+            for k in range(n):
+                i = (self._start + k) % n
+                room = min(cap - taken.get(i, 0), self.policy.max_batch - len(batch))
+                if room <= 0:
+                    continue
+                # one frame per source per pass keeps sources interleaved
+                got = self.buffers[i].pop(1)
+                if got:
+                    batch.extend(got)
+                    taken[i] = taken.get(i, 0) + 1
+                    progress = True
+                if len(batch) >= self.policy.max_batch:
+                    break
+
+    def next_batch(self, halt: threading.Event) -> list[Frame] | None:
+        """The next batch; ``[]`` when nothing came within 0.1 s, ``None`` when all sources are done.
+
+        Returns early (possibly ``None``) once ``halt`` is set.
+        """
+        with self.bell:
+            if not self._available():
+                if self.finished() or halt.is_set():
+                    return None
+                self.bell.wait(_POLL_S)
+                if not self._available():
+                    return None if self.finished() else []
+        batch: list[Frame] = []
+        taken: dict[int, int] = {}
+        self._take(batch, taken)
+        if not batch:
+            return []
+        deadline_ns = batch[0].enqueued_ns + int(self.policy.max_wait_ms * 1e6)
+        cap = self.policy.max_frames_per_source or self.policy.max_batch
+        while len(batch) < self.policy.max_batch and not halt.is_set():
+            open_ = [b for i, b in enumerate(self.buffers) if taken.get(i, 0) < cap and not b.exhausted]
+            remaining = (deadline_ns - time.monotonic_ns()) / 1e9
+            if remaining <= 0 or not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
+                break  # deadline passed, or waiting cannot add a frame
+            with self.bell:
+                if not any(len(b) for b in open_):
+                    self.bell.wait(min(remaining, _POLL_S))
+            self._take(batch, taken)
+        self._start = (self._start + 1) % max(1, len(self.buffers))
+        return batch

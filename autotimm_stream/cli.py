@@ -1,0 +1,271 @@
+"""Command line: ``autotimm-stream run | demo | export | info | listen``.
+
+A thin shell over :mod:`autotimm_stream.app`. User errors print one line and exit 2; a first
+Ctrl-C or SIGTERM stops gracefully (exit 0), a second one stops without draining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from . import __version__
+from .errors import StreamError
+
+__all__ = ["main"]
+
+_logger = logging.getLogger("autotimm_stream")
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str) -> int:
+    print(f"autotimm-stream: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# -- run ----------------------------------------------------------------------------------------
+def _progress(pipeline: Any, enabled: bool):
+    """A tqdm bar over the file sources' frame count (fps, ETA, drops); a no-op when disabled."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    counts = [s.info.frames for s in pipeline.sources if s.info is not None]
+    total = sum(counts) if counts and all(counts) else None
+    bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    state = {"n": 0}
+
+    def tick(p: Any) -> None:
+        n = p.frames_total
+        bar.update(n - state["n"])
+        state["n"] = n
+        drops = sum(sum(s.buffer.drops.values()) for s in p.sources)
+        bar.set_postfix(drops=drops, refresh=False)
+        if p.done:
+            bar.close()
+
+    return tick
+
+
+def _print_summary(summary: dict[str, Any], path: str | None) -> None:
+    err = sys.stderr
+    print(
+        f"\n{summary['frames']} frames in {summary['elapsed_s']:.2f} s = {summary['fps']:.1f} fps "
+        f"(mean batch {summary['batch_size_mean']}), {summary['drops']} dropped",
+        file=err,
+    )
+    stages = summary["stages_ms"]
+    zmq = summary["sinks"].get("zmq")
+    if zmq:
+        stages = {**stages, "publish": zmq["publish_ms"]}
+    print("  stage       mean ms   p50 ms   p95 ms   (batch stages: per-frame share)", file=err)
+    for name, st in stages.items():
+        print(f"  {name:<10} {st['mean']:>8.2f} {st['p50']:>8.2f} {st['p95']:>8.2f}", file=err)
+    for sid, s in summary["sources"].items():
+        drops = ", ".join(f"{k}={v}" for k, v in s["drops"].items()) or "none"
+        print(f"  source {sid}: {s['frames_out']}/{s['frames_decoded']} frames out, drops: {drops}", file=err)
+    if zmq:
+        print(f"  zmq: {zmq['sent']} messages sent, {zmq['dropped']} dropped (slow subscribers)", file=err)
+    for sink in ("jsonl", "video"):
+        if sink in summary["sinks"]:
+            st = summary["sinks"][sink]
+            paths = st.get("paths") or {"": st.get("path")}
+            for p in paths.values():
+                print(f"  {sink}: {p}", file=err)
+    if path:
+        print(f"  summary: {path}", file=err)
+
+
+def _install_signals(pipeline: Any) -> None:
+    hits = {"n": 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            print(f"\n{signal.Signals(signum).name}: stopping (again to stop without draining)", file=sys.stderr)
+            pipeline.stop()
+        else:
+            pipeline.kill()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def run_config(cfg: Any, progress: bool | None = None, on_started: Any = None) -> int:
+    """Run a validated config to the end (or a signal); returns the exit code."""
+    from .app import build_pipeline, write_summary
+
+    pipeline = build_pipeline(cfg)
+    _install_signals(pipeline)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if on_started:
+        on_started(pipeline)
+    summary = pipeline.run(on_tick=_progress(pipeline, progress))
+    path = write_summary(summary, cfg.output_dir)
+    _print_summary(summary, path)
+    if pipeline.error is not None:
+        err = pipeline.error
+        if isinstance(err, StreamError):
+            return _fail(str(err))
+        print(f"autotimm-stream: run failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    return run_config(cfg, progress=False if args.no_progress else None)
+
+
+# -- demo ---------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_config
+
+    cfg = demo_config(args.out, args.set, frames=args.frames)
+    endpoint = cfg.sinks.zmq.endpoint if cfg.sinks.zmq.enabled else None
+
+    def started(_p: Any) -> None:
+        print(f"demo: annotating {cfg.sources[0].uri} with {os.path.basename(cfg.model.path)}", file=sys.stderr)
+        if endpoint:
+            print(
+                f"demo: publishing on {endpoint}; subscribe from another terminal with\n"
+                f"        autotimm-stream listen {endpoint}\n"
+                f"      (or: python examples/subscribe.py {endpoint})",
+                file=sys.stderr,
+            )
+
+    code = run_config(cfg, progress=False if args.no_progress else None, on_started=started)
+    if code == 0:
+        print(
+            f"demo: done; open {os.path.join(cfg.output_dir, cfg.sinks.video.filename)} and "
+            f"{os.path.join(cfg.output_dir, cfg.sinks.jsonl.filename)}",
+            file=sys.stderr,
+        )
+    return code
+
+
+# -- export / info / listen ---------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .runtime.export import export_timm, parse_classes
+
+    names = parse_classes(args.classes, args.num_classes)
+    meta = export_timm(
+        args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k
+    )
+    print(
+        f"wrote {args.output}: {meta.model_name}, {meta.task}, {meta.num_classes} classes, "
+        f"input {meta.input_size[1]}x{meta.input_size[0]} ({meta.resize}, {meta.interpolation}); "
+        "weights are random (pretrained=False) unless you trained them",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .runtime.bundle import read_meta
+
+    meta = read_meta(args.bundle)
+    print(meta.to_json())
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    for t in args.topic or [""]:
+        sock.setsockopt_string(zmq.SUBSCRIBE, t)
+    sock.connect(args.endpoint)
+    received = 0
+    try:
+        while args.count is None or received < args.count:
+            if not sock.poll(int(args.timeout * 1000)):
+                print(f"listen: nothing received for {args.timeout:.0f} s on {args.endpoint}", file=sys.stderr)
+                return EXIT_FAILED if received == 0 else 0
+            parts = sock.recv_multipart()
+            topic, header = parts[0].decode(), json.loads(parts[1])
+            received += 1
+            if args.json:
+                print(json.dumps({"topic": topic, **header}), flush=True)
+            else:
+                classes = ", ".join(f"{c['label']} {c['score']:.2f}" for c in header.get("classes", [])[:3])
+                idx = header.get("frame_index", "")
+                print(f"{topic} #{idx} {classes}".rstrip(), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close(0)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autotimm-stream", description="Real-time video inference for AutoTimm models.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a YAML config")
+    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="annotate a generated clip with the bundled model")
+    d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    d.add_argument("--frames", type=int, default=250, help="length of the generated clip in frames")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("export", help="build a model bundle from a timm model name")
+    e.add_argument("--timm", required=True, metavar="NAME", help="timm model name (built with pretrained=False)")
+    e.add_argument("-o", "--output", required=True, help="bundle file to write")
+    e.add_argument("--classes", help="class names: 'a,b,c' or a file with one per line")
+    e.add_argument("--num-classes", type=int, help="number of classes when no names are given")
+    e.add_argument("--task", choices=("classification", "multilabel"), default="classification")
+    e.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    e.add_argument("--top-k", type=int, default=5)
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="print a bundle's metadata")
+    i.add_argument("bundle")
+    i.set_defaults(func=cmd_info)
+
+    sub_l = sub.add_parser("listen", help="print results published on ZeroMQ")
+    sub_l.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555")
+    sub_l.add_argument("--topic", action="append", help="topic prefix to subscribe to (repeatable)")
+    sub_l.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub_l.add_argument("--count", type=int, help="exit after this many messages")
+    sub_l.add_argument("--timeout", type=float, default=30.0, help="exit after this many quiet seconds")
+    sub_l.set_defaults(func=cmd_listen)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except StreamError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The embedded default run: the bundled model on a generated clip, nothing else needed."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from typing import Any
+
+from .config import RunConfig, apply_overrides, validate_config
+from .errors import ModelError
+from .sources.file import probe_video
+from .synthetic import write_clip
+
+__all__ = ["demo_config", "demo_bundle_path", "DEMO_SEED"]
+
+DEMO_SEED = 7  # the demo clip's scene; the demo model never saw it during training
+DEMO_BUNDLE = "demo_classifier.pt"
+
+
+def demo_bundle_path() -> str:
+    path = str(resources.files("autotimm_stream") / "assets" / DEMO_BUNDLE)
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"the demo model {path!r} is missing; rebuild it with `python examples/train_demo_classifier.py`"
+        )
+    return path
+
+
+def _clip(out_dir: str, frames: int) -> str:
+    path = os.path.join(out_dir, f"demo_clip_{frames}.mp4")
+    try:
+        info = probe_video(path)
+        if info.frames == frames:
+            return path
+    except OSError:
+        pass
+    tmp = path + ".tmp.mp4"
+    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=DEMO_SEED, dominant=True)
+    os.replace(tmp, path)
+    return path
+
+
+def demo_config(out_dir: str = "demo_out", overrides: list[str] | None = None, frames: int = 250) -> RunConfig:
+    """The demo's config: generates the clip into ``out_dir`` when it is not there yet."""
+    os.makedirs(out_dir, exist_ok=True)
+    data: dict[str, Any] = {
+        "sources": [{"id": "demo", "uri": _clip(out_dir, frames), "policy": "block"}],
+        "model": {"path": demo_bundle_path(), "device": "auto"},
+        "output_dir": out_dir,
+    }
+    return validate_config(apply_overrides(data, overrides or []), origin="demo config")

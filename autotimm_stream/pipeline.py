@@ -1,0 +1,340 @@
+"""The pipeline: sources -> ring buffers -> batching worker -> post-processing -> sinks.
+
+:class:`Pipeline` owns every thread and resource. One stop event ends a run gracefully: sources
+stop, frames already buffered are still inferred (for at most ``drain_timeout_s``), every sink
+receives what was produced and closes its files. A second, internal *abort* event cuts the drain
+short. Every wait in every thread has a timeout and watches those events; no thread is a daemon.
+
+The worker is two threads so decoding-side work overlaps the forward pass: *prep* forms a batch
+and converts it into a tensor, *infer* runs the network and post-processing while the next batch
+is being prepared.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .batching import Batcher, BatchPolicy
+from .frame import STAGES, Frame, Result
+from .postprocess import Postprocessor
+from .runtime.runner import ModelRunner
+from .sinks.base import EndOfStream, Sink, SinkRunner
+from .sources.base import Source
+from .stats import StageStats
+
+__all__ = ["Pipeline"]
+
+_logger = logging.getLogger(__name__)
+_POLL_S = 0.1
+_END = object()
+
+
+class Pipeline:
+    """Runs ``sources`` through ``runner`` into ``sinks``.
+
+    Use :meth:`run` for a blocking run, or :meth:`start` / :meth:`stop` / :meth:`wait` /
+    :meth:`close` to drive it from elsewhere (the CLI calls :meth:`stop` from a signal handler).
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        runner: ModelRunner,
+        sinks: list[Sink],
+        batch: BatchPolicy | None = None,
+        *,
+        stop: threading.Event | None = None,
+        postprocessor: Postprocessor | None = None,
+        drain_timeout_s: float = 3.0,
+        sink_queue: int = 4,
+    ):
+        if not sources:
+            raise ValueError("a pipeline needs at least one source")
+        ids = [s.source_id for s in sources]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"source ids must be unique, got {ids}")
+        self.sources = sources
+        self.runner = runner
+        self.sinks = sinks
+        self.policy = batch or BatchPolicy()
+        self.stop_event = stop or threading.Event()
+        for s in sources:
+            s.stop = self.stop_event
+        self.abort = threading.Event()
+        self.postprocess = postprocessor or Postprocessor(runner.meta)
+        self.drain_timeout_s = drain_timeout_s
+        bells = {id(s.buffer.bell) for s in sources}
+        if len(bells) != 1:
+            raise ValueError("all source buffers must share one bell (threading.Condition)")
+        self.batcher = Batcher([s.buffer for s in sources], sources[0].buffer.bell, self.policy)
+        self._sink_runners = [SinkRunner(s, self.abort, capacity=sink_queue) for s in sinks]
+        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        self._stop_requested_at: float | None = None
+        self.error: BaseException | None = None
+        self.stages = {name: StageStats() for name in STAGES if name != "publish"}
+        self.batch_sizes = StageStats()
+        self.frames_out: Counter[str] = Counter()
+        self.started_at = 0.0
+        self.ended_at = 0.0
+        self._opened: list[Sink] = []
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self, warmup: bool = True) -> None:
+        """Open sinks, warm the model up, then start the worker and the sources."""
+        for s in self.sources:
+            if s.info is None:
+                s.open()
+        try:
+            for sink in self.sinks:
+                sink.open()
+                self._opened.append(sink)
+        except BaseException:
+            for sink in self._opened:
+                sink.close()
+            for s in self.sources:
+                s.close()
+            raise
+        if warmup:
+            self.runner.warmup(tuple(sorted({1, self.policy.max_batch})))
+        for r in self._sink_runners:
+            r.start()
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._prep_loop,), name="worker-prep"),
+            threading.Thread(target=self._guard, args=(self._infer_loop,), name="worker-infer"),
+        ]
+        for t in self._threads:
+            t.start()
+        self.started_at = time.monotonic()
+        for s in self.sources:
+            s.start()
+
+    def stop(self) -> None:
+        """Graceful stop: sources end, buffered frames drain (bounded), sinks close. Idempotent."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+        self.stop_event.set()
+
+    def kill(self) -> None:
+        """Stop without draining (a second Ctrl-C)."""
+        self.stop()
+        self.abort.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has delivered everything; True when done."""
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def run(self, on_tick: Callable[[Pipeline], None] | None = None, tick_s: float = 0.25) -> dict[str, Any]:
+        """Start, run until every source ends (or :meth:`stop`), close, and return the summary."""
+        self.start()
+        try:
+            while not self.wait(tick_s):
+                if self.stop_event.is_set() and self._stop_requested_at is None:
+                    self._stop_requested_at = time.monotonic()
+                if on_tick is not None:
+                    on_tick(self)
+            if on_tick is not None:
+                on_tick(self)
+        finally:
+            self.close()
+        return self.summary()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop everything, deliver what was produced, close sinks and join every thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        deadline = time.monotonic() + timeout
+        if self._threads and not self._done.wait(max(0.0, deadline - time.monotonic())):
+            self.abort.set()
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        for s in self.sources:
+            if not s.join(max(0.1, deadline - time.monotonic())):
+                _logger.error("source %s did not stop in time", s.source_id)
+        for r in self._sink_runners:
+            r.finish()
+        for r in self._sink_runners:
+            if not r.join(max(0.5, deadline - time.monotonic())):
+                self.abort.set()
+                r.join(1.0)
+            if r.error is not None and self.error is None:
+                self.error = r.error
+        if not self._sink_runners:
+            for sink in self._opened:
+                sink.close()
+        self.ended_at = self.ended_at or time.monotonic()
+        errors = [s.error for s in self.sources if s.error is not None]
+        if errors and self.error is None:
+            self.error = errors[0]
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _guard(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as exc:
+            _logger.exception("worker failed")
+            if self.error is None:
+                self.error = exc
+            self.kill()
+            self._done.set()
+
+    def _draining_too_long(self) -> bool:
+        t = self._stop_requested_at
+        if t is None and self.stop_event.is_set():
+            t = self._stop_requested_at = time.monotonic()
+        return t is not None and time.monotonic() - t > self.drain_timeout_s
+
+    def _put(self, item: Any) -> bool:
+        while not self.abort.is_set():
+            try:
+                self._prepared.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _prep_loop(self) -> None:
+        ended: set[str] = set()
+        halt = threading.Event()
+        try:
+            while not self.abort.is_set():
+                if self._draining_too_long():
+                    halt.set()
+                    break
+                batch = self.batcher.next_batch(halt)
+                if batch is None:
+                    break
+                if batch:
+                    formed_ns = time.monotonic_ns()
+                    t0 = time.perf_counter()
+                    x = self.runner.preprocess([f.image for f in batch])
+                    prep_ms = (time.perf_counter() - t0) * 1e3
+                    if not self._put((batch, x, formed_ns, prep_ms)):
+                        return
+                self._announce_ends(ended)
+        finally:
+            self._discard_leftovers()
+            self._announce_ends(ended, final=True)
+            self._put(_END)
+
+    def _announce_ends(self, ended: set[str], final: bool = False) -> None:
+        for s in self.sources:
+            if s.source_id not in ended and (s.buffer.exhausted or final):
+                ended.add(s.source_id)
+                reason = "error" if s.error else ("stopped" if self.stop_event.is_set() else "end")
+                self._put(EndOfStream(s.source_id, 0, reason, dict(s.buffer.drops)))
+
+    def _discard_leftovers(self) -> None:
+        for s in self.sources:
+            left = len(s.buffer.pop(s.buffer.capacity))
+            if left:
+                s.buffer.drop("shutdown", left)
+                _logger.warning("source %s: %d buffered frames dropped at shutdown", s.source_id, left)
+
+    def _infer_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._prepared.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if self.abort.is_set():
+                        return
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, EndOfStream):
+                    item.frames = self.frames_out[item.source_id]
+                    self._emit(item)
+                    continue
+                batch, x, formed_ns, prep_ms = item
+                self._emit(self._infer(batch, x, formed_ns, prep_ms))
+        finally:
+            self.ended_at = time.monotonic()
+            self._done.set()
+
+    def _infer(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> list[Result]:
+        t0 = time.perf_counter()
+        logits = self.runner.forward(x)
+        self.runner.synchronize()
+        t1 = time.perf_counter()
+        predictions = self.postprocess(logits)
+        t2 = time.perf_counter()
+        infer_ms, post_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        done_ns = time.monotonic_ns()
+        n = len(batch)
+        results = []
+        for frame, preds in zip(batch, predictions):
+            timings = {
+                "decode": frame.decode_ms,
+                "queue": (formed_ns - frame.enqueued_ns) / 1e6,
+                "preprocess": prep_ms,
+                "infer": infer_ms,
+                "post": post_ms,
+            }
+            results.append(Result(frame, self.runner.meta.task, preds, timings, n, done_ns))
+            self.stages["decode"].add(frame.decode_ms)
+            self.stages["queue"].add(timings["queue"])
+            self.frames_out[frame.source_id] += 1
+        for name, ms in (("preprocess", prep_ms), ("infer", infer_ms), ("post", post_ms)):
+            self.stages[name].add(ms / n, n)  # per-frame share of the batch's time
+        self.batch_sizes.add(n)
+        return results
+
+    def _emit(self, item: list[Result] | EndOfStream) -> None:
+        for r in self._sink_runners:
+            r.submit(item)
+
+    # -- reporting ------------------------------------------------------------------------------
+    @property
+    def frames_total(self) -> int:
+        return sum(self.frames_out.values())
+
+    def elapsed_s(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    def summary(self) -> dict[str, Any]:
+        """Frames, fps, drops by source and reason, per-stage latency, sink statistics."""
+        elapsed = self.elapsed_s()
+        sources = {}
+        for s in self.sources:
+            sources[s.source_id] = {
+                "frames_decoded": s.frames_decoded,
+                "frames_out": self.frames_out[s.source_id],
+                "drops": dict(s.buffer.drops),
+                "error": None if s.error is None else str(s.error),
+            }
+        total = self.frames_total
+        return {
+            "frames": total,
+            "elapsed_s": round(elapsed, 3),
+            "fps": round(total / elapsed, 2) if elapsed > 0 else 0.0,
+            "batch_size_mean": round(self.batch_sizes.mean, 2),
+            "sources": sources,
+            "drops": sum(sum(v["drops"].values()) for v in sources.values()),
+            "stages_ms": {k: v.summary() for k, v in self.stages.items()},
+            "sinks": {s.name: s.stats() for s in self.sinks},
+            "error": None if self.error is None else str(self.error),
+        }
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

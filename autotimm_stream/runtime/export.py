@@ -1,0 +1,99 @@
+"""Build bundles: trace a network and store it with its metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
+from .. import __version__
+from ..errors import ConfigError, ModelError
+from .bundle import BundleMeta, save_bundle
+
+__all__ = ["export_module", "export_timm", "parse_classes"]
+
+_logger = logging.getLogger(__name__)
+
+
+def parse_classes(spec: str | None, num_classes: int | None) -> list[str]:
+    """Class names from ``a,b,c``, from a file with one name per line, or ``class_0..`` from a count."""
+    names: list[str]
+    if spec:
+        if os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as fh:
+                names = [line.strip() for line in fh if line.strip()]
+        else:
+            names = [n.strip() for n in spec.split(",") if n.strip()]
+        if not names:
+            raise ConfigError(f"--classes: no class names in {spec!r}; give 'a,b,c' or a file with one name per line")
+        if num_classes is not None and num_classes != len(names):
+            raise ConfigError(f"--classes gives {len(names)} names but --num-classes is {num_classes}; make them agree")
+        return names
+    if not num_classes or num_classes < 1:
+        raise ConfigError("export needs --classes (names) or --num-classes (a positive count)")
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def export_module(model: torch.nn.Module, meta: BundleMeta, path: str | os.PathLike[str]) -> BundleMeta:
+    """Trace ``model`` (eval mode, CPU, fp32) on a dummy input and save it with ``meta``."""
+    model = model.eval().cpu().float()
+    h, w = meta.input_size
+    example = torch.zeros(2, 3, h, w)
+    with torch.inference_mode():
+        out = model(example)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if out.ndim != 2 or out.shape[1] != meta.num_classes:
+        raise ModelError(
+            f"the network outputs shape {tuple(out.shape)} but the bundle lists {meta.num_classes} classes; "
+            "expected [batch, num_classes]: make --classes match the head"
+        )
+    meta.versions = {"torch": torch.__version__, "autotimm_stream": __version__, **meta.versions}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+    save_bundle(traced, meta, path)
+    _logger.info("wrote %s (%s, %d classes)", path, meta.task, meta.num_classes)
+    return meta
+
+
+def export_timm(
+    model_name: str,
+    path: str | os.PathLike[str],
+    class_names: list[str],
+    *,
+    task: str = "classification",
+    image_size: int | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    top_k: int = 5,
+    threshold: float = 0.5,
+) -> BundleMeta:
+    """Build a bundle from a timm model name (``pretrained=False``; weights from ``state_dict`` if given)."""
+    import timm
+
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=len(class_names))
+    except RuntimeError as exc:  # timm raises RuntimeError('Unknown model ...')
+        raise ConfigError(f"{exc}; list names with `python -c 'import timm; print(timm.list_models())'`") from None
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = image_size or int(cfg["input_size"][-1])
+    meta = BundleMeta(
+        task=task,
+        class_names=list(class_names),
+        input_size=(size, size),
+        resize="center_crop",
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        model_name=model_name,
+        top_k=min(top_k, len(class_names)),
+        threshold=threshold,
+        versions={"timm": timm.__version__},
+        origin={"kind": "timm", "name": model_name, "pretrained": False},
+    )
+    return export_module(model, meta, path)

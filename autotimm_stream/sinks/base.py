@@ -1,0 +1,130 @@
+"""What every sink shares, and the thread that feeds one sink from a bounded queue."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..frame import Result
+
+__all__ = ["Sink", "SinkRunner", "EndOfStream"]
+
+_logger = logging.getLogger(__name__)
+_POLL_S = 0.1
+
+
+@dataclass(slots=True)
+class EndOfStream:
+    """A source has delivered its last result."""
+
+    source_id: str
+    frames: int  # results delivered for this source
+    reason: str = "end"  # "end" (source finished), "stopped" (stop requested) or "error"
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class Sink:
+    """A consumer of results. Context manager; :meth:`close` is idempotent.
+
+    ``write`` gets one batch of results at a time, in frame order per source.
+    """
+
+    name = "sink"
+
+    def open(self) -> None:
+        """Acquire resources (files, sockets). Raise :class:`~autotimm_stream.errors.SinkError`."""
+
+    def write(self, results: list[Result]) -> None:
+        raise NotImplementedError
+
+    def end_of_stream(self, eos: EndOfStream) -> None:
+        """Called once per source after its last result."""
+
+    def close(self) -> None:
+        """Flush and release; safe to call twice."""
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def __enter__(self) -> Sink:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_END = object()
+
+
+class SinkRunner:
+    """Runs one sink on its own thread so a slow encoder never stalls the model.
+
+    ``submit`` blocks (backpressure, so files lose nothing) but gives up when ``halt`` is set.
+    """
+
+    def __init__(self, sink: Sink, halt: threading.Event, capacity: int = 4):
+        self.sink = sink
+        self.halt = halt
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._thread = threading.Thread(target=self._main, name=f"sink-{sink.name}")
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, item: list[Result] | EndOfStream) -> bool:
+        while not self.halt.is_set():
+            if self.error is not None:
+                return False
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def finish(self) -> None:
+        """Ask the thread to drain its queue, close the sink and end."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(_END, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self.halt.is_set():  # drain what fits, then stop accepting
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if self.halt.is_set():
+                        return
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, EndOfStream):
+                    self.sink.end_of_stream(item)
+                else:
+                    self.sink.write(item)
+        except BaseException as exc:
+            self.error = exc
+            _logger.error("sink %s failed: %s", self.sink.name, exc)
+        finally:
+            try:
+                self.sink.close()
+            except Exception as exc:  # closing must not hide the first error
+                _logger.error("sink %s failed to close: %s", self.sink.name, exc)
+                self.error = self.error or exc

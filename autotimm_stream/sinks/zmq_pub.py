@@ -1,0 +1,129 @@
+"""Publishes results on a ZeroMQ PUB-compatible socket, never blocking the pipeline.
+
+Wire format (schema 1): multipart ``[topic, header]``; ``topic`` is ``<task>/<source_id>`` (or
+``eos/<source_id>`` after a source's last result), ``header`` a UTF-8 JSON object with a
+``schema`` field. See ``docs/protocol.md``.
+
+The socket is an XPUB with ``XPUB_NODROP``: a send that would exceed the high-water mark fails
+at once instead of dropping silently, so every lost message is counted. ``wait_subscribers``
+makes :meth:`open` wait (bounded) for that many subscriptions, so subscribers that connect
+before the run starts get the first message too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from ..errors import SinkError
+from ..frame import Result, ms_since
+from ..stats import StageStats
+from .base import EndOfStream, Sink
+
+__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT"]
+
+_logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class ZmqSink(Sink):
+    name = "zmq"
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        model_name: str = "",
+        hwm: int = 1000,
+        wait_subscribers: int = 0,
+        wait_timeout_s: float = 5.0,
+        context: zmq.Context | None = None,
+    ):
+        self.endpoint = endpoint
+        self.model_name = model_name
+        self.hwm = hwm
+        self.wait_subscribers = wait_subscribers
+        self.wait_timeout_s = wait_timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.publish_ms = StageStats()
+        self.bound_endpoint = endpoint
+
+    def open(self) -> None:
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise SinkError(
+                f"sinks.zmq.endpoint: cannot bind {self.endpoint!r} ({exc}); expected a free address such as "
+                f"{DEFAULT_ENDPOINT} (another engine running? pick another port)"
+            ) from None
+        self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        if self.wait_subscribers:
+            self._await_subscribers()
+
+    def _await_subscribers(self) -> None:
+        assert self._sock is not None
+        deadline = time.monotonic() + self.wait_timeout_s
+        seen = 0
+        while seen < self.wait_subscribers:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self._sock.poll(left_ms, zmq.POLLIN):
+                _logger.warning(
+                    "zmq: %d of %d subscribers after %.1f s; starting anyway",
+                    seen,
+                    self.wait_subscribers,
+                    self.wait_timeout_s,
+                )
+                return
+            msg = self._sock.recv()
+            if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
+                seen += 1
+
+    def _send(self, topic: str, header: dict[str, Any]) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart([topic.encode(), json.dumps(header, separators=(",", ":")).encode()], zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            self.dropped += 1
+
+    def write(self, results: list[Result]) -> None:
+        for r in results:
+            header = r.to_json(self.model_name)
+            # results are shared with other sink threads: never mutate them here
+            publish_ms = ms_since(r.done_ns) if r.done_ns else 0.0
+            self.publish_ms.add(publish_ms)
+            header["timings_ms"]["publish"] = round(publish_ms, 3)
+            header["schema"] = SCHEMA_VERSION
+            header["publish_ns"] = time.time_ns()
+            header["latency_ms"] = round((header["publish_ns"] - r.frame.capture_ns) / 1e6, 3)
+            self._send(f"{r.task}/{r.source_id}", header)
+
+    def end_of_stream(self, eos: EndOfStream) -> None:
+        self._send(
+            f"eos/{eos.source_id}",
+            {"schema": SCHEMA_VERSION, "source_id": eos.source_id, "frames": eos.frames, "reason": eos.reason},
+        )
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"sent": self.sent, "dropped": self.dropped, "publish_ms": self.publish_ms.summary()}
+

@@ -1,0 +1,43 @@
+"""Bounded-memory counters and latency statistics for the run summary."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["StageStats"]
+
+_RESERVOIR = 4096  # latest samples kept for percentiles; memory stays bounded in week-long runs
+
+
+class StageStats:
+    """Count, mean and recent percentiles of one stage's latency, in milliseconds. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self._recent: collections.deque[float] = collections.deque(maxlen=_RESERVOIR)
+        self._lock = threading.Lock()
+
+    def add(self, ms: float, n: int = 1) -> None:
+        """Record ``ms`` for ``n`` frames at once (a batch stage counts once per frame)."""
+        with self._lock:
+            self.count += n
+            self.total += ms * n
+            self._recent.append(ms)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            recent = np.fromiter(self._recent, dtype=np.float64)
+        if not recent.size:
+            return {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+        p50, p95, p99 = np.percentile(recent, [50, 95, 99])
+        return {"count": self.count, "mean": round(self.mean, 3), "p50": round(float(p50), 3),
+                "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
