@@ -50,6 +50,9 @@ class _Writer:
         self.stream.height = height - height % 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.time_base = time_base
+        # The encoder's clock must be the source's too: a 1/fps clock would round variable-rate
+        # timestamps together and the muxer would refuse the duplicates.
+        self.stream.codec_context.time_base = time_base
         self.time_base = time_base
         self.last_pts: int | None = None
         self.frames = 0

@@ -1,0 +1,104 @@
+"""Shared fixtures: generated clips, real bundles, loopback ZMQ endpoints."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from autotimm_stream.runtime.export import export_timm
+from autotimm_stream.synthetic import ShapeScene, write_clip
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def clip(media: Path) -> Path:
+    """48 frames, 320x240, 25 fps, H.264 with a keyframe every 12 frames."""
+    return Path(write_clip(media / "clip.mp4", frames=48, width=320, height=240, fps=25, seed=1, gop=12))
+
+
+def write_vfr_clip(path: Path, pts_ms: list[int], width: int = 160, height: int = 120) -> Path:
+    """An H.264 clip whose frames sit at the given timestamps (ms): a variable frame rate."""
+    tb = Fraction(1, 1000)
+    scene = ShapeScene(width, height, seed=3)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25, options={"preset": "ultrafast", "tune": "zerolatency"})
+        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+        st.time_base = tb
+        for t in pts_ms:
+            vf = av.VideoFrame.from_ndarray(scene.render(), format="rgb24")
+            vf.pts, vf.time_base = t, tb
+            scene.step()
+            for p in st.encode(vf):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(media: Path) -> tuple[Path, list[int]]:
+    pts = [0, 40, 80, 200, 240, 280, 600, 640, 680, 720]  # gaps, as if frames had been dropped
+    return write_vfr_clip(media / "vfr.mp4", pts), pts
+
+
+@pytest.fixture(scope="session")
+def bundle(media: Path) -> Path:
+    """A real test_resnet bundle (random weights, pretrained=False) over three classes."""
+    import torch
+
+    torch.manual_seed(0)
+    path = media / "classifier.pt"
+    export_timm("test_resnet", path, CLASSES, top_k=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def multilabel_bundle(media: Path) -> Path:
+    import torch
+
+    torch.manual_seed(1)
+    path = media / "multilabel.pt"
+    export_timm("test_resnet", path, CLASSES, task="multilabel", threshold=0.5)
+    return path
+
+
+def decode_pts(path: os.PathLike[str] | str) -> tuple[list[float], float]:
+    """Presentation times (s) of every frame of a video and its container duration (s)."""
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        pts = [float(f.pts * st.time_base) for f in c.decode(st)]
+        duration = float(c.duration / av.time_base) if c.duration else 0.0
+    return pts, duration
+
+
+def python() -> str:
+    return sys.executable
+
+
+def rng_frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for _ in range(n)]

@@ -1,0 +1,88 @@
+import threading
+import time
+
+import numpy as np
+
+from autotimm_stream.batching import Batcher, BatchPolicy
+from autotimm_stream.frame import Frame
+from autotimm_stream.ringbuffer import RingBuffer
+
+
+def make(n_sources: int, capacity: int = 64):
+    bell = threading.Condition()
+    return [RingBuffer(capacity, "block", bell) for _ in range(n_sources)], bell
+
+
+def fill(buf: RingBuffer, source: str, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        buf.put(Frame(source, i, None, 0, np.zeros((2, 2, 3), np.uint8)), threading.Event())
+
+
+def test_full_batch_leaves_at_once():
+    bufs, bell = make(1)
+    fill(bufs[0], "a", 20)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=10_000))
+    t0 = time.monotonic()
+    batch = b.next_batch(threading.Event())
+    assert [f.index for f in batch] == list(range(8))
+    assert time.monotonic() - t0 < 1
+
+
+def test_partial_batch_leaves_after_max_wait_from_first_frame():
+    bufs, bell = make(1)
+    fill(bufs[0], "a", 3)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=150))
+    t0 = time.monotonic()
+    batch = b.next_batch(threading.Event())
+    waited = time.monotonic() - t0
+    assert len(batch) == 3
+    assert 0.08 < waited < 1.0
+
+
+def test_frame_that_already_waited_does_not_wait_again():
+    bufs, bell = make(1)
+    fill(bufs[0], "a", 2)
+    time.sleep(0.2)  # longer than max_wait: the model was busy
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=100))
+    t0 = time.monotonic()
+    assert len(b.next_batch(threading.Event())) == 2
+    assert time.monotonic() - t0 < 0.05
+
+
+def test_round_robin_and_per_source_cap():
+    bufs, bell = make(3)
+    fill(bufs[0], "a", 10)
+    fill(bufs[1], "b", 10)
+    fill(bufs[2], "c", 1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=6, max_wait_ms=0, max_frames_per_source=2))
+    batch = b.next_batch(threading.Event())
+    ids = [f.source_id for f in batch]
+    assert ids.count("a") == 2 and ids.count("b") == 2 and ids.count("c") == 1
+    assert [f.index for f in batch if f.source_id == "a"] == [0, 1]  # order kept within a source
+
+
+def test_end_of_all_sources_returns_none():
+    bufs, bell = make(2)
+    fill(bufs[0], "a", 1)
+    for buf in bufs:
+        buf.close()
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=4, max_wait_ms=10_000))
+    assert len(b.next_batch(threading.Event())) == 1  # closed sources do not hold a batch back
+    assert b.next_batch(threading.Event()) is None
+
+
+def test_silent_source_does_not_delay_a_busy_one():
+    bufs, bell = make(2)
+    fill(bufs[0], "a", 4)  # bufs[1] stays open and silent
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=4, max_wait_ms=5_000))
+    t0 = time.monotonic()
+    assert len(b.next_batch(threading.Event())) == 4
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_idle_returns_empty_list_quickly():
+    bufs, bell = make(1)
+    b = Batcher(bufs, bell, BatchPolicy())
+    t0 = time.monotonic()
+    assert b.next_batch(threading.Event()) == []
+    assert time.monotonic() - t0 < 1

@@ -1,0 +1,107 @@
+import zipfile
+
+import pytest
+import torch
+
+from autotimm_stream.errors import ModelError
+from autotimm_stream.runtime.bundle import BundleMeta, read_meta, save_bundle
+from autotimm_stream.runtime.export import parse_classes
+from autotimm_stream.runtime.runner import ModelRunner
+
+from .conftest import CLASSES, rng_frames
+
+
+def test_metadata_round_trip(bundle):
+    meta = read_meta(bundle)
+    assert meta.task == "classification"
+    assert meta.class_names == CLASSES
+    assert meta.input_size == (160, 160)
+    assert meta.resize == "center_crop" and meta.crop_pct == 0.95
+    assert meta.versions["torch"] == torch.__version__
+    assert meta.origin == {"kind": "timm", "name": "test_resnet", "pretrained": False}
+
+
+def test_runner_equals_eager_traced_module(bundle):
+    runner = ModelRunner(bundle)
+    plain = torch.jit.load(str(bundle)).eval()
+    x = runner.preprocess(rng_frames(4, 120, 200))
+    with torch.inference_mode():
+        torch.testing.assert_close(runner.forward(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_torchscript_without_metadata_is_refused(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
+    with pytest.raises(ModelError, match="has no autotimm-stream metadata.*autotimm-stream export"):
+        read_meta(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "not found"),
+        (b"not a zip", "not a TorchScript archive"),
+    ],
+)
+def test_bad_bundle_files(tmp_path, content, message):
+    path = tmp_path / "m.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        ModelRunner(path)
+
+
+def test_newer_bundle_version_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    meta = BundleMeta(task="classification", class_names=["a"], input_size=(8, 8))
+    save_bundle(torch.jit.trace(torch.nn.Flatten(), torch.zeros(1, 3, 8, 8)), meta, path)
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("autotimm_stream.json"))
+        text = zf.read(name).decode().replace('"bundle_version": 1', '"bundle_version": 99')
+    broken = tmp_path / "v99.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, text if item.filename == name else src.read(item.filename))
+    with pytest.raises(ModelError, match="version 99 is not supported"):
+        read_meta(broken)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"task": "detection"}, "task must be one of"),
+        ({"class_names": []}, "no class names"),
+        ({"threshold": [0.5, 0.5]}, "2 thresholds for 3 classes"),
+        ({"resize": "zoom"}, "preprocessing metadata is invalid"),
+    ],
+)
+def test_bad_metadata(kwargs, message):
+    base = {"task": "multilabel", "class_names": ["a", "b", "c"], "input_size": (8, 8)}
+    with pytest.raises(ModelError, match=message):
+        BundleMeta(**{**base, **kwargs})
+
+
+def test_export_refuses_class_count_mismatch(tmp_path):
+    from autotimm_stream.runtime.export import export_module
+
+    meta = BundleMeta(task="classification", class_names=["a", "b"], input_size=(8, 8))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    with pytest.raises(ModelError, match=r"outputs shape \(2, 5\) but the bundle lists 2 classes"):
+        export_module(model, meta, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "spec, n, expected",
+    [("a,b, c", None, ["a", "b", "c"]), (None, 2, ["class_0", "class_1"]), ("a,b", 2, ["a", "b"])],
+)
+def test_parse_classes(spec, n, expected):
+    assert parse_classes(spec, n) == expected
+
+
+def test_parse_classes_from_file_and_mismatch(tmp_path):
+    f = tmp_path / "names.txt"
+    f.write_text("cat\ndog\n\n")
+    assert parse_classes(str(f), None) == ["cat", "dog"]
+    with pytest.raises(ValueError, match="gives 2 names but --num-classes is 3"):
+        parse_classes(str(f), 3)

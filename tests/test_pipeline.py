@@ -1,0 +1,164 @@
+"""The whole engine on real generated H.264 files, real bundles and real ZMQ sockets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from autotimm_stream.app import build_pipeline
+from autotimm_stream.config import validate_config
+
+from .conftest import decode_pts
+
+
+def config(source: Path, bundle: Path, out: Path, endpoint: str | None = None, **over):
+    data = {
+        "sources": [{"id": "cam", "uri": str(source), "buffer_size": over.pop("buffer_size", 4)}],
+        "model": {"path": str(bundle)},
+        "batching": {"max_batch": over.pop("max_batch", 8), "max_wait_ms": 5},
+        "sinks": {
+            "zmq": {"enabled": endpoint is not None, "endpoint": endpoint or "tcp://127.0.0.1:1", "wait_subscribers": 1},
+            "video": {"enabled": over.pop("video", True)},
+        },
+        "output_dir": str(out),
+    }
+    for key, value in over.items():
+        data["sources"][0][key] = value
+    return validate_config(data)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(cfg) -> dict:
+    pipeline = build_pipeline(cfg)
+    summary = pipeline.run()
+    assert pipeline.error is None, pipeline.error
+    return summary
+
+
+def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
+    summary = run(config(clip, bundle, tmp_path, video=False))
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert [r["frame_index"] for r in rows] == list(range(48))
+    assert [r["pts"] for r in rows] == pytest.approx([i / 25 for i in range(48)])
+    assert summary["frames"] == 48 and summary["drops"] == 0
+    assert summary["sources"]["cam"] == {"frames_decoded": 48, "frames_out": 48, "drops": {}, "error": None}
+    assert summary["batch_size_mean"] > 1  # the buffer of 4 fills while the model works: batches form
+    for r in rows:
+        assert [c["label"] for c in r["classes"]] and r["task"] == "classification"
+        assert set(r["timings_ms"]) == {"decode", "queue", "preprocess", "infer", "post"}
+
+
+def test_batch_1_and_batch_8_give_identical_results(clip, bundle, tmp_path):
+    run(config(clip, bundle, tmp_path / "b1", max_batch=1, video=False))
+    run(config(clip, bundle, tmp_path / "b8", max_batch=8, video=False))
+    one = read_jsonl(tmp_path / "b1" / "predictions.jsonl")
+    eight = read_jsonl(tmp_path / "b8" / "predictions.jsonl")
+    assert {r["batch_size"] for r in one} == {1}
+    assert max(r["batch_size"] for r in eight) > 1
+    assert len(one) == len(eight) == 48
+    for a, b in zip(one, eight):
+        assert a["frame_index"] == b["frame_index"]
+        sa = {c["class_id"]: c["score"] for c in a["classes"]}
+        sb = {c["class_id"]: c["score"] for c in b["classes"]}
+        assert sa.keys() == sb.keys()
+        assert all(abs(sa[k] - sb[k]) < 1e-5 for k in sa)
+
+
+def test_zmq_subscriber_receives_every_message(clip, bundle, tmp_path, endpoint):
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    received: list[tuple[str, dict]] = []
+
+    def listen():
+        while sub.poll(10_000):
+            topic, header = sub.recv_multipart()
+            received.append((topic.decode(), json.loads(header)))
+            if topic.startswith(b"eos/"):
+                return
+
+    try:
+        t = threading.Thread(target=listen)
+        t.start()
+        summary = run(config(clip, bundle, tmp_path, endpoint=endpoint, video=False))
+        t.join(15)
+    finally:
+        sub.close(0)
+    results = [h for topic, h in received if topic == "classification/cam"]
+    assert [h["frame_index"] for h in results] == list(range(48))
+    assert received[-1] == ("eos/cam", {"schema": 1, "source_id": "cam", "frames": 48, "reason": "end"})
+    h = results[0]
+    assert h["schema"] == 1 and h["source_id"] == "cam" and h["model"] == "test_resnet"
+    assert {"decode", "queue", "preprocess", "infer", "post", "publish"} <= set(h["timings_ms"])
+    assert h["publish_ns"] >= h["capture_ns"] and h["latency_ms"] >= 0
+    assert summary["sinks"]["zmq"]["sent"] == 49 and summary["sinks"]["zmq"]["dropped"] == 0
+
+
+def test_annotated_video_has_every_frame_at_source_pts(clip, bundle, tmp_path):
+    run(config(clip, bundle, tmp_path))
+    video = tmp_path / "annotated.mp4"
+    pts, duration = decode_pts(video)
+    src_pts, _ = decode_pts(clip)
+    assert len(pts) == 48
+    assert pts == pytest.approx(src_pts)
+    assert duration == pytest.approx(48 / 25, abs=0.05)
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed (.ci/run installs it)")
+def test_annotated_video_passes_ffprobe(clip, bundle, tmp_path):
+    run(config(clip, bundle, tmp_path))
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-of", "json", "-show_entries",
+         "stream=codec_name,pix_fmt,width,height,nb_read_frames,duration", str(tmp_path / "annotated.mp4")],
+        capture_output=True, text=True, check=True,
+    )
+    st = json.loads(out.stdout)["streams"][0]
+    assert (st["codec_name"], st["pix_fmt"], st["width"], st["height"]) == ("h264", "yuv420p", 320, 240)
+    assert int(st["nb_read_frames"]) == 48
+    assert float(st["duration"]) == pytest.approx(1.92, abs=0.05)
+
+
+def test_variable_frame_rate_timestamps_survive(vfr_clip, bundle, tmp_path):
+    path, pts_ms = vfr_clip
+    run(config(path, bundle, tmp_path))
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert [r["pts"] for r in rows] == pytest.approx([t / 1000 for t in pts_ms])
+    out_pts, _ = decode_pts(tmp_path / "annotated.mp4")
+    assert out_pts == pytest.approx([t / 1000 for t in pts_ms])  # right speed despite the gaps
+
+
+def test_multilabel_results_respect_threshold(clip, multilabel_bundle, tmp_path):
+    run(config(clip, multilabel_bundle, tmp_path, video=False))
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert len(rows) == 48 and all(r["task"] == "multilabel" for r in rows)
+    scores = [c["score"] for r in rows for c in r["classes"]]
+    assert all(s >= 0.5 for s in scores)
+
+
+def test_stop_mid_run_drains_and_closes(clip, bundle, tmp_path):
+    pipeline = build_pipeline(config(clip, bundle, tmp_path, realtime=True))  # 1.92 s at real speed
+    pipeline.start()
+    time.sleep(0.6)
+    t0 = time.monotonic()
+    pipeline.stop()
+    assert pipeline.wait(5)
+    pipeline.close()
+    assert time.monotonic() - t0 < 5
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert 0 < len(rows) < 48
+    assert [r["frame_index"] for r in rows] == list(range(len(rows)))  # nothing lost before the stop
+    pts, _ = decode_pts(tmp_path / "annotated.mp4")
+    assert len(pts) == len(rows)
+    assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith(("source-", "worker-", "sink-")))

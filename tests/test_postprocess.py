@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from autotimm_stream.postprocess import Postprocessor, multilabel, topk
+from autotimm_stream.runtime.bundle import BundleMeta
+
+
+def meta(task: str, threshold=0.5, top_k=2) -> BundleMeta:
+    return BundleMeta(task=task, class_names=["a", "b", "c"], input_size=(8, 8), top_k=top_k, threshold=threshold)
+
+
+def test_topk_is_softmax_ordered():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    scores, ids = topk(logits, 2)
+    assert ids.tolist() == [[1, 2], [0, 1]]
+    torch.testing.assert_close(scores[0], torch.softmax(logits[0], 0)[[1, 2]])
+
+
+def test_topk_clamps_k_to_class_count():
+    scores, ids = topk(torch.zeros(1, 3), 10)
+    assert ids.shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "threshold, expected",
+    [
+        (0.5, [["b", "a"], []]),
+        ([0.9, 0.5, 0.1], [["b", "c"], ["c"]]),  # per-class thresholds
+    ],
+)
+def test_multilabel_applies_thresholds(threshold, expected):
+    # sigmoid: a=0.62, b=0.88, c=0.27 ; second row a=0.05, b=0.12, c=0.18
+    logits = torch.tensor([[0.5, 2.0, -1.0], [-3.0, -2.0, -1.5]])
+    post = Postprocessor(meta("multilabel", threshold=threshold))
+    got = [[p.label for p in row] for row in post(logits)]
+    assert got == expected
+
+
+def test_multilabel_scores_are_sigmoid():
+    scores, mask = multilabel(torch.tensor([[0.0]]), 0.5)
+    assert scores.item() == 0.5 and mask.item()
+
+
+def test_classification_postprocessor_names_classes():
+    post = Postprocessor(meta("classification", top_k=2))
+    (row,) = post(torch.tensor([[0.0, 0.0, 5.0]]))
+    assert [p.label for p in row] == ["c", "a"] or [p.label for p in row] == ["c", "b"]
+    assert row[0].class_id == 2 and 0.98 < row[0].score <= 1.0
