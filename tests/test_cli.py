@@ -1,0 +1,164 @@
+"""The command line as a user meets it: real subprocesses, real files, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import decode_pts, free_port
+
+CLI = [sys.executable, "-m", "autotimm_stream"]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, source: str, model: str, out: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"sources:\n  - id: cam\n    uri: {source}\nmodel:\n  path: {model}\n"
+        f"sinks:\n  zmq:\n    endpoint: tcp://127.0.0.1:{free_port()}\noutput_dir: {out}\n{extra}"
+    )
+    return path
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("autotimm-stream: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_writes_outputs_and_summary(clip, bundle, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", str(clip), str(bundle), out)
+    proc = cli("run", str(cfg), "--set", "batching.max_batch=4")
+    assert proc.returncode == 0, proc.stderr
+    assert "48 frames in" in proc.stderr and "0 dropped" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 48 and summary["error"] is None
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 48
+    assert len(decode_pts(out / "annotated.mp4")[0]) == 48
+
+
+@pytest.fixture
+def not_a_video(tmp_path) -> Path:
+    p = tmp_path / "notes.mp4"
+    p.write_text("this is text, not video\n" * 50)
+    return p
+
+
+@pytest.fixture
+def plain_torchscript(tmp_path) -> Path:
+    p = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(p))
+    return p
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing_video", ["sources[0].uri", "no such file", "expected an existing video file"]),
+        ("folder_video", ["sources[0].uri", "is a folder"]),
+        ("not_a_video", ["sources[0].uri", "is not a video FFmpeg can read"]),
+        ("bad_yaml", ["is not valid YAML at line"]),
+        ("unknown_key", ["sources[0].polcy: unknown key"]),
+        ("wrong_type", ["batching.max_batch", "valid integer", "got 'lots'"]),
+        ("missing_model", ["model bundle", "not found", "autotimm-stream export"]),
+        ("no_metadata", ["has no autotimm-stream metadata", "autotimm-stream export"]),
+        ("missing_config", ["not found; expected a YAML file"]),
+        ("bad_set", ["expected KEY=VALUE"]),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, fragments, clip, bundle, tmp_path, not_a_video, plain_torchscript):
+    out = tmp_path / "out"
+    source, model, extra, args = str(clip), str(bundle), "", []
+    if case == "missing_video":
+        source = str(tmp_path / "nope.mp4")
+    elif case == "folder_video":
+        source = str(tmp_path)
+    elif case == "not_a_video":
+        source = str(not_a_video)
+    elif case == "unknown_key":
+        extra = "batching:\n  max_batch: 2\n"
+    elif case == "wrong_type":
+        extra = "batching:\n  max_batch: lots\n"
+    elif case == "missing_model":
+        model = str(tmp_path / "nope.pt")
+    elif case == "no_metadata":
+        model = str(plain_torchscript)
+    elif case == "bad_set":
+        args = ["--set", "batching.max_batch"]
+    cfg = write_config(tmp_path / "c.yaml", source, model, out, extra)
+    if case == "bad_yaml":
+        cfg.write_text(cfg.read_text() + "  - : [\n")
+    elif case == "unknown_key":
+        cfg.write_text(cfg.read_text().replace("    uri:", "    polcy: block\n    uri:"))
+    elif case == "missing_config":
+        cfg = tmp_path / "missing.yaml"
+    proc = cli("run", str(cfg), *args)
+    assert_clean_failure(proc, *fragments)
+    assert not out.exists()  # nothing half-written
+
+
+def test_export_and_info(tmp_path):
+    out = tmp_path / "m.pt"
+    proc = cli("export", "--timm", "test_resnet", "--classes", "cat,dog", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    info = cli("info", str(out))
+    meta = json.loads(info.stdout)
+    assert meta["class_names"] == ["cat", "dog"] and meta["model_name"] == "test_resnet"
+    bad = cli("export", "--timm", "no_such_net", "--num-classes", "2", "-o", str(tmp_path / "x.pt"))
+    assert_clean_failure(bad, "no_such_net")
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_exits_0_with_a_playable_video(bundle, media, tmp_path):
+    from autotimm_stream.synthetic import write_clip
+
+    long_clip = Path(write_clip(media / "long.mp4", frames=250, width=320, height=240, seed=5))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", str(long_clip), str(bundle), out)
+    proc = subprocess.Popen([*CLI, "run", str(cfg), "--set", "sources.0.realtime=true"], stderr=subprocess.PIPE, text=True)
+    try:
+        jsonl = out / "predictions.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (jsonl.exists() and jsonl.stat().st_size > 0):
+            time.sleep(0.1)
+        assert jsonl.exists() and jsonl.stat().st_size > 0, "the run never produced results"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM: stopping" in err and "Traceback" not in err
+    rows = jsonl.read_text().splitlines()
+    assert 0 < len(rows) < 250
+    pts, _ = decode_pts(out / "annotated.mp4")
+    assert len(pts) == len(rows)
+    assert json.loads((out / "summary.json").read_text())["frames"] == len(rows)
+
+
+@pytest.mark.slow
+def test_demo_runs_from_nothing(tmp_path):
+    out = tmp_path / "demo"
+    proc = cli("demo", "--out", str(out), "--frames", "50", "--set", f"sinks.zmq.endpoint=tcp://127.0.0.1:{free_port()}", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "autotimm-stream listen tcp://127.0.0.1:" in proc.stderr
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 50
+    assert len(decode_pts(out / "annotated.mp4")[0]) == 50
