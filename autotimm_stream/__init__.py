@@ -1,6 +1,6 @@
 """autotimm-stream: real-time video inference for AutoTimm-trained models.
 
-    Source -> RingBuffer -> Batcher(ModelRunner, Postprocessor) -> Result -> Sink*
+Source -> RingBuffer -> Batcher(ModelRunner, Postprocessor) -> Result -> Sink*
 """
 
 from __future__ import annotations

@@ -160,9 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runtime.export import export_timm, parse_classes
 
     names = parse_classes(args.classes, args.num_classes)
-    meta = export_timm(
-        args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k
-    )
+    meta = export_timm(args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k)
     print(
         f"wrote {args.output}: {meta.model_name}, {meta.task}, {meta.num_classes} classes, "
         f"input {meta.input_size[1]}x{meta.input_size[0]} ({meta.resize}, {meta.interpolation}); "

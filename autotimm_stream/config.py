@@ -154,7 +154,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = k == len(parts) - 1
             if isinstance(node, list):
                 if not re.fullmatch(r"\d+", part) or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: {'.'.join(parts[:k])} has {len(node)} items; {part!r} is not an index")
+                    raise ConfigError(
+                        f"--set {key}: {'.'.join(parts[:k])} has {len(node)} items; {part!r} is not an index"
+                    )
                 idx = int(part)
                 if last:
                     node[idx] = _parse_value(raw)
@@ -189,4 +191,3 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     if isinstance(data, dict):
         data = apply_overrides(data, overrides or [])
     return validate_config(data, origin=f"config {str(p)!r}")
-

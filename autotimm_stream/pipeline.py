@@ -337,4 +337,3 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

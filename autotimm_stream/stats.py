@@ -39,5 +39,10 @@ class StageStats:
         if not recent.size:
             return {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
         p50, p95, p99 = np.percentile(recent, [50, 95, 99])
-        return {"count": self.count, "mean": round(self.mean, 3), "p50": round(float(p50), 3),
-                "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+        return {
+            "count": self.count,
+            "mean": round(self.mean, 3),
+            "p50": round(float(p50), 3),
+            "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3),
+        }

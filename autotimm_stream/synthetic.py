@@ -109,7 +109,9 @@ class ShapeScene:
                 side = int(r * 0.85)
                 cv2.rectangle(img, (c[0] - side, c[1] - side), (c[0] + side, c[1] + side), s.color, -1)
             else:
-                pts = np.array([[c[0], c[1] - r], [c[0] - int(r * 0.93), c[1] + r // 2], [c[0] + int(r * 0.93), c[1] + r // 2]])
+                pts = np.array(
+                    [[c[0], c[1] - r], [c[0] - int(r * 0.93), c[1] + r // 2], [c[0] + int(r * 0.93), c[1] + r // 2]]
+                )
                 cv2.fillPoly(img, [pts.astype(np.int32)], s.color, cv2.LINE_AA)
         return img
 

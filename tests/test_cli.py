@@ -80,7 +80,9 @@ def plain_torchscript(tmp_path) -> Path:
         ("bad_set", ["expected KEY=VALUE"]),
     ],
 )
-def test_bad_input_is_one_clear_line_and_writes_nothing(case, fragments, clip, bundle, tmp_path, not_a_video, plain_torchscript):
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    case, fragments, clip, bundle, tmp_path, not_a_video, plain_torchscript
+):
     out = tmp_path / "out"
     source, model, extra, args = str(clip), str(bundle), "", []
     if case == "missing_video":
@@ -130,7 +132,9 @@ def test_sigterm_mid_run_exits_0_with_a_playable_video(bundle, media, tmp_path):
     long_clip = Path(write_clip(media / "long.mp4", frames=250, width=320, height=240, seed=5))
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.yaml", str(long_clip), str(bundle), out)
-    proc = subprocess.Popen([*CLI, "run", str(cfg), "--set", "sources.0.realtime=true"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", str(cfg), "--set", "sources.0.realtime=true"], stderr=subprocess.PIPE, text=True
+    )
     try:
         jsonl = out / "predictions.jsonl"
         deadline = time.monotonic() + 60
@@ -156,7 +160,16 @@ def test_sigterm_mid_run_exits_0_with_a_playable_video(bundle, media, tmp_path):
 @pytest.mark.slow
 def test_demo_runs_from_nothing(tmp_path):
     out = tmp_path / "demo"
-    proc = cli("demo", "--out", str(out), "--frames", "50", "--set", f"sinks.zmq.endpoint=tcp://127.0.0.1:{free_port()}", timeout=300)
+    proc = cli(
+        "demo",
+        "--out",
+        str(out),
+        "--frames",
+        "50",
+        "--set",
+        f"sinks.zmq.endpoint=tcp://127.0.0.1:{free_port()}",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "autotimm-stream listen tcp://127.0.0.1:" in proc.stderr
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

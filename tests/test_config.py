@@ -18,7 +18,10 @@ def test_defaults():
     "override, message",
     [
         ({"sources": [{"id": "cam1", "uri": "a.mp4", "polcy": "block"}]}, r"sources\[0\]\.polcy: unknown key"),
-        ({"sources": [{"id": "cam1", "uri": "a.mp4", "policy": "newest"}]}, r"sources\[0\]\.policy: .*'block' or 'latest'.*got 'newest'"),
+        (
+            {"sources": [{"id": "cam1", "uri": "a.mp4", "policy": "newest"}]},
+            r"sources\[0\]\.policy: .*'block' or 'latest'.*got 'newest'",
+        ),
         ({"sources": [{"id": "bad id", "uri": "a.mp4"}]}, r"sources\[0\]\.id: .*pattern"),
         ({"sources": [{"id": "cam1"}]}, r"sources\[0\]\.uri: required field is missing"),
         ({"sources": []}, r"sources: .*at least 1"),

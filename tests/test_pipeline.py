@@ -24,7 +24,11 @@ def config(source: Path, bundle: Path, out: Path, endpoint: str | None = None, *
         "model": {"path": str(bundle)},
         "batching": {"max_batch": over.pop("max_batch", 8), "max_wait_ms": 5},
         "sinks": {
-            "zmq": {"enabled": endpoint is not None, "endpoint": endpoint or "tcp://127.0.0.1:1", "wait_subscribers": 1},
+            "zmq": {
+                "enabled": endpoint is not None,
+                "endpoint": endpoint or "tcp://127.0.0.1:1",
+                "wait_subscribers": 1,
+            },
             "video": {"enabled": over.pop("video", True)},
         },
         "output_dir": str(out),
@@ -120,9 +124,22 @@ def test_annotated_video_has_every_frame_at_source_pts(clip, bundle, tmp_path):
 def test_annotated_video_passes_ffprobe(clip, bundle, tmp_path):
     run(config(clip, bundle, tmp_path))
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-of", "json", "-show_entries",
-         "stream=codec_name,pix_fmt,width,height,nb_read_frames,duration", str(tmp_path / "annotated.mp4")],
-        capture_output=True, text=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-of",
+            "json",
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,nb_read_frames,duration",
+            str(tmp_path / "annotated.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     st = json.loads(out.stdout)["streams"][0]
     assert (st["codec_name"], st["pix_fmt"], st["width"], st["height"]) == ("h264", "yuv420p", 320, 240)

@@ -146,7 +146,9 @@ def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
         return BundleMeta.from_json(zf.read(names[0]), where=f"model bundle {path!r}")
 
 
-def load_bundle(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, BundleMeta]:
+def load_bundle(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[torch.jit.ScriptModule, BundleMeta]:
     """Load a bundle's network (on ``device``, in eval mode) and its metadata."""
     path = os.fspath(path)
     meta = read_meta(path)

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..preprocess import preprocess_batch
-from .bundle import BundleMeta, load_bundle
+from .bundle import load_bundle
 
 __all__ = ["ModelRunner", "resolve_device"]
 

@@ -30,7 +30,9 @@ class JsonlSink(Sink):
         try:
             self._fh = open(self.path, "w", encoding="utf-8")
         except OSError as exc:
-            raise SinkError(f"sinks.jsonl: cannot write {self.path!r} ({exc.strerror}); pick a writable output_dir") from None
+            raise SinkError(
+                f"sinks.jsonl: cannot write {self.path!r} ({exc.strerror}); pick a writable output_dir"
+            ) from None
 
     def write(self, results: list[Result]) -> None:
         assert self._fh is not None

@@ -36,13 +36,19 @@ def video_path(template: str, source_id: str, several: bool) -> str:
 
 
 class _Writer:
-    def __init__(self, path: str, width: int, height: int, time_base: Fraction, fps: float | None, options: dict[str, str]):
+    def __init__(
+        self, path: str, width: int, height: int, time_base: Fraction, fps: float | None, options: dict[str, str]
+    ):
         self.path = path
         self.container = av.open(
             path,
             "w",
             format="mp4",
-            options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1", "frag_duration": "1000000"},
+            options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "flush_packets": "1",
+                "frag_duration": "1000000",
+            },
         )
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
         self.stream = self.container.add_stream("libx264", rate=rate, options=options)

@@ -126,4 +126,3 @@ class ZmqSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "dropped": self.dropped, "publish_ms": self.publish_ms.summary()}
-
