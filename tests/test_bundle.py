@@ -105,3 +105,29 @@ def test_parse_classes_from_file_and_mismatch(tmp_path):
     assert parse_classes(str(f), None) == ["cat", "dog"]
     with pytest.raises(ValueError, match="gives 2 names but --num-classes is 3"):
         parse_classes(str(f), 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fp16, channels_last", [(False, False), (True, True)])
+def test_cuda_runner_matches_cpu(bundle, fp16, channels_last):
+    frames = rng_frames(4, 240, 320)
+    cpu = ModelRunner(bundle)
+    gpu = ModelRunner(bundle, device="cuda", fp16=fp16, channels_last=channels_last)
+    gpu.warmup((1, 4))
+    ref = torch.softmax(cpu.forward(cpu.preprocess(frames)), 1)
+    got = torch.softmax(gpu.forward(gpu.preprocess(frames)), 1).cpu()
+    torch.testing.assert_close(got, ref, atol=2e-2 if fp16 else 1e-4, rtol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where CUDA is absent")
+def test_cuda_requested_without_cuda_is_a_config_error(bundle):
+    from autotimm_stream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CUDA is not available here; use 'cpu' or 'auto'"):
+        ModelRunner(bundle, device="cuda")
+
+
+def test_fp16_on_cpu_falls_back_to_fp32(bundle, caplog):
+    runner = ModelRunner(bundle, fp16=True)
+    assert runner.dtype == torch.float32
+    assert "fp16 needs CUDA" in caplog.text
