@@ -175,3 +175,19 @@ def test_demo_runs_from_nothing(tmp_path):
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 50
     assert len(decode_pts(out / "annotated.mp4")[0]) == 50
+
+
+def test_zmq_address_in_use_is_a_clear_error(clip, bundle, tmp_path):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        out = tmp_path / "out"
+        cfg = write_config(tmp_path / "c.yaml", str(clip), str(bundle), out)
+        proc = cli("run", str(cfg), "--set", f"sinks.zmq.endpoint=tcp://127.0.0.1:{port}")
+    finally:
+        sock.close(0)
+    assert_clean_failure(proc, "sinks.zmq.endpoint", f"cannot bind 'tcp://127.0.0.1:{port}'", "pick another port")
+    assert not (out / "predictions.jsonl").exists()

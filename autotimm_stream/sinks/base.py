@@ -101,6 +101,8 @@ class SinkRunner:
                         pass
 
     def join(self, timeout: float) -> bool:
+        if self._thread.ident is None:  # never started (the pipeline failed before it ran)
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
