@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ _logger = logging.getLogger("benchmarks.throughput")
 TARGET_ENGINE_OVER_MODEL = 0.90
 NUM_CLASSES = 1000
 TOP_K = 5
+SPIN_WARN = 1.4  # main-thread model-only this many times slower than threaded: OpenMP spin penalty
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -147,6 +149,41 @@ def prepare_inputs(clip: Path, runner: ModelRunner, batch: int) -> Prepared:
 
 
 # -- measurements -------------------------------------------------------------------------------
+class CpuMeter:
+    """CPU used by this process and by everything else on the machine while a measurement runs.
+
+    ``others_cores`` (about 0 on a quiet machine) says how much of the machine other processes
+    took, so a slow figure can be told apart from a loaded machine. Linux only; zeros elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._own0 = self._own()
+        self._busy0 = self._busy()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return 0.0
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> dict[str, float]:
+        """Average cores busy since construction: this process, and all other processes."""
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        own = self._own() - self._own0
+        busy = self._busy() - self._busy0
+        return {"own_cores": round(own / wall, 2), "others_cores": round(max(0.0, busy - own) / wall, 2)}
+
+
 def engine_config(clip: Path, bundle: Path, batch: int, out_dir: Path, video: bool) -> dict[str, Any]:
     """The run configuration the engine measurements use (ZMQ on a free port chosen at bind time)."""
     return {
@@ -162,8 +199,7 @@ def engine_config(clip: Path, bundle: Path, batch: int, out_dir: Path, video: bo
     }
 
 
-def model_only(runner: ModelRunner, prepared: Prepared) -> dict[str, Any]:
-    """``runner.forward`` over pre-made batches; fps over all frames, and per-batch latency."""
+def _timed_forward(runner: ModelRunner, prepared: Prepared) -> dict[str, Any]:
     runner.warmup(tuple(sorted({1, prepared.batches[0].shape[0], prepared.batches[-1].shape[0]})))
     per_batch: list[float] = []
     t_start = time.perf_counter()
@@ -182,6 +218,32 @@ def model_only(runner: ModelRunner, prepared: Prepared) -> dict[str, Any]:
     }
 
 
+def model_only(runner: ModelRunner, prepared: Prepared, *, in_thread: bool = True) -> dict[str, Any]:
+    """``runner.forward`` over pre-made batches; fps over all frames, and per-batch latency.
+
+    With ``in_thread`` the loop runs on a fresh thread, as the engine's ``worker-infer`` thread
+    calls the model. That matters: on a loaded machine, torch's OpenMP pool of the *main* thread
+    can be far slower than one started from another thread (see benchmarks/README.md), so the
+    main-thread figure is kept only as a diagnostic.
+    """
+    if not in_thread:
+        return _timed_forward(runner, prepared)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = _timed_forward(runner, prepared)
+        except BaseException as exc:  # re-raised on the calling thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="bench-model-only")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run_engine(
     cfg_data: dict[str, Any], prepared: Prepared | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -195,12 +257,22 @@ def run_engine(
     model_res = None
     try:
         if prepared is not None:
-            model_res = model_only(pipeline.runner, prepared)
+            meter = CpuMeter()
+            main = model_only(pipeline.runner, prepared, in_thread=False)
+            main_cpu = meter.stop()
+            meter = CpuMeter()
+            model_res = model_only(pipeline.runner, prepared, in_thread=True)
+            model_res["cpu"] = meter.stop()
+            model_res["main_thread_cpu"] = main_cpu
+            model_res["main_thread_fps"] = main["fps"]
+            model_res["main_thread_ms_per_frame"] = main["ms_per_frame"]
     except BaseException:  # not started yet: only the sources hold resources (sinks open in start())
         for s in pipeline.sources:
             s.close()
         raise
+    meter = CpuMeter()
     summary = pipeline.run()
+    summary["cpu"] = meter.stop()  # includes warm-up and closing, a second or two
     zmq_sinks = [s for s in pipeline.sinks if s.name == "zmq"]
     if zmq_sinks:
         summary["zmq_endpoint"] = getattr(zmq_sinks[0], "bound_endpoint", None)
@@ -302,12 +374,21 @@ def machine_info() -> dict[str, Any]:
         "opencv_threads": cv2.getNumThreads(),
         "pyav": av.__version__,
         "python": platform.python_version(),
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+        },
         "autotimm_stream": engine_version,
     }
 
 
 def _median(values: list[float]) -> float:
-    return round(float(statistics.median(values)), 2)
+    return round(float(statistics.median_low(values)), 2)
+
+
+def _median_index(values: list[float]) -> int:
+    """Index of the run whose value is the (lower) median, so its other figures can go with it."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return order[(len(order) - 1) // 2]
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -332,17 +413,25 @@ def print_report(report: dict[str, Any]) -> None:
         vals = r[key]["fps_runs"]
         return "" if len(vals) < 2 else "   runs: " + ", ".join(f"{v:.1f}" for v in vals)
 
+    mo, eng = r["model_only"], r["engine"]
+    mo_i, main_i, eng_i = (
+        _median_index(mo["fps_runs"]),
+        _median_index(mo["main_thread_fps_runs"]),
+        _median_index(eng["fps_runs"]),
+    )
     rows = [
-        ("decode only (PyAV rgb24)", r["decode_only_fps"], ""),
-        (f"model only (forward, batch {p['batch']})", r["model_only"]["fps"], runs("model_only")),
-        ("engine (zmq + jsonl)", r["engine"]["fps"], runs("engine")),
-        ("engine + annotated video", r["engine_video"]["fps"], ""),
-        ("naive loop (cv2, batch 1)", r["naive"]["fps"], ""),
+        ("decode only (PyAV rgb24)", r["decode_only_fps"], r["prepare_cpu"], ""),
+        (f"model only (forward, batch {p['batch']})", mo["fps"], mo["cpu_runs"][mo_i], runs("model_only")),
+        ("  same, called from main thread", mo["main_thread_fps"], mo["main_thread_cpu_runs"][main_i], ""),
+        ("engine (zmq + jsonl)", eng["fps"], eng["cpu_runs"][eng_i], runs("engine")),
+        ("engine + annotated video", r["engine_video"]["fps"], r["engine_video"]["summary"]["cpu"], ""),
+        ("naive loop (cv2, batch 1)", r["naive"]["fps"], r["naive"]["cpu"], ""),
     ]
-    print(f"{'measurement':<34}{'fps':>9}" + (f"   (median of {reps})" if reps > 1 else ""))
-    for name, fps, extra in rows:
-        print(f"{name:<34}{fps:>9.1f}{extra}")
-    print(f"{'preprocess (engine code)':<34}{r['preprocess_ms_per_frame']:>9.2f} ms/frame")
+    head = f"{'measurement':<36}{'fps':>9}   cores busy: this / others"
+    print(head + (f"   (fps: median of {reps})" if reps > 1 else ""))
+    for name, fps, cpu, extra in rows:
+        print(f"{name:<36}{fps:>9.1f}   {cpu['own_cores']:>10.2f} / {cpu['others_cores']:.2f}{extra}")
+    print(f"{'preprocess (engine code)':<36}{r['preprocess_ms_per_frame']:>9.2f} ms/frame")
     ratios = report["ratios"]
     verdict = (
         "ok"
@@ -353,10 +442,20 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"engine / model-only     {ratios['engine_over_model_only']:.3f}  (target >= {TARGET_ENGINE_OVER_MODEL:.2f}: {verdict})"
     )
+    if len(ratios["engine_over_model_only_runs"]) > 1:
+        print(f"  per round               {', '.join(f'{v:.3f}' for v in ratios['engine_over_model_only_runs'])}")
+    print(f"engine / model-only (main-thread figure)  {ratios['engine_over_model_only_main_thread']:.3f}")
+    spin = ratios["main_thread_slowdown"]
+    if spin and spin > SPIN_WARN and not os.environ.get("OMP_WAIT_POLICY"):
+        print(
+            f"  note: model-only is {spin:.1f}x slower on the main thread than on a worker thread: torch's OpenMP\n"
+            "  threads spin-wait on a loaded machine (see benchmarks/README.md). The naive loop runs on the main\n"
+            "  thread, so engine/naive below is inflated; rerun with OMP_WAIT_POLICY=PASSIVE for a fair one."
+        )
     print(f"engine / naive          {ratios['engine_over_naive']:.3f}")
     print(f"engine+video / engine   {ratios['engine_video_over_engine']:.3f}")
     print(f"engine infer ms/frame / model-only ms/frame  {ratios['engine_infer_over_model_only']:.3f}")
-    print("\nengine stages (ms; batch stages are the per-frame share of the batch), last engine run:")
+    print("\nengine stages (ms; batch stages are the per-frame share of the batch), median engine run:")
     print(f"  {'stage':<11}{'mean':>9}{'p50':>9}{'p95':>9}")
     for name, st in r["engine"]["stages_ms"].items():
         print(f"  {name:<11}{st['mean']:>9.2f}{st['p50']:>9.2f}{st['p95']:>9.2f}")
@@ -402,10 +501,14 @@ def main(argv: list[str] | None = None) -> int:
 
     _logger.info("preparing model-only inputs")
     prep_runner = ModelRunner(bundle, device="cpu")
+    meter = CpuMeter()
     prepared = prepare_inputs(clip, prep_runner, args.batch)
+    prepare_cpu = meter.stop()
 
     _logger.info("naive loop")
+    meter = CpuMeter()
     naive = naive_loop(clip, prep_runner)
+    naive["cpu"] = meter.stop()
     _logger.info("naive: %.1f fps", naive["fps"])
     del prep_runner
 
@@ -429,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model_fps = _median([m["fps"] for m in model_runs])
     engine_fps = _median([s["fps"] for s in engine_runs])
-    last = engine_runs[-1]
-    model_ms = statistics.median([m["ms_per_frame"] for m in model_runs])
+    last = engine_runs[_median_index([s["fps"] for s in engine_runs])]  # the median engine run
+    model_ms = statistics.median_low([m["ms_per_frame"] for m in model_runs])
+    infer_over_model = [  # paired within each round
+        e["stages_ms"]["infer"]["mean"] / m["ms_per_frame"] for e, m in zip(engine_runs, model_runs, strict=True)
+    ]
     machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     report: dict[str, Any] = {
         "machine": machine,
@@ -449,16 +555,22 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": {
             "decode_only_fps": round(prepared.decode_fps, 2),
+            "prepare_cpu": prepare_cpu,
             "preprocess_ms_per_frame": round(prepared.preprocess_ms_per_frame, 3),
             "model_only": {
                 "fps": model_fps,
                 "ms_per_frame": round(model_ms, 3),
                 "fps_runs": [m["fps"] for m in model_runs],
+                "main_thread_fps": _median([m["main_thread_fps"] for m in model_runs]),
+                "main_thread_fps_runs": [m["main_thread_fps"] for m in model_runs],
+                "cpu_runs": [m["cpu"] for m in model_runs],
+                "main_thread_cpu_runs": [m["main_thread_cpu"] for m in model_runs],
                 "runs": model_runs,
             },
             "engine": {
                 "fps": engine_fps,
                 "fps_runs": [s["fps"] for s in engine_runs],
+                "cpu_runs": [s["cpu"] for s in engine_runs],
                 "frames": last["frames"],
                 "elapsed_s": last["elapsed_s"],
                 "batch_size_mean": last["batch_size_mean"],
@@ -472,9 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ratios": {
             "engine_over_model_only": _ratio(engine_fps, model_fps),
+            "engine_over_model_only_runs": [
+                _ratio(e["fps"], m["fps"]) for e, m in zip(engine_runs, model_runs, strict=True)
+            ],
+            "engine_over_model_only_main_thread": _ratio(
+                engine_fps, _median([m["main_thread_fps"] for m in model_runs])
+            ),
             "engine_over_naive": _ratio(engine_fps, naive["fps"]),
             "engine_video_over_engine": _ratio(video_summary["fps"], engine_fps),
-            "engine_infer_over_model_only": _ratio(last["stages_ms"]["infer"]["mean"], model_ms),
+            "main_thread_slowdown": _ratio(model_fps, _median([m["main_thread_fps"] for m in model_runs])),
+            "engine_infer_over_model_only": round(statistics.median_low(infer_over_model), 3),
         },
         "target_engine_over_model_only": TARGET_ENGINE_OVER_MODEL,
     }
