@@ -72,7 +72,10 @@ def _print_summary(summary: dict[str, Any], path: str | None) -> None:
         drops = ", ".join(f"{k}={v}" for k, v in s["drops"].items()) or "none"
         print(f"  source {sid}: {s['frames_out']}/{s['frames_decoded']} frames out, drops: {drops}", file=err)
     if zmq:
-        print(f"  zmq: {zmq['sent']} messages sent, {zmq['dropped']} dropped (slow subscribers)", file=err)
+        print(
+            f"  zmq {zmq['endpoint']}: {zmq['sent']} messages sent, {zmq['dropped']} dropped (slow subscribers)",
+            file=err,
+        )
     for sink in ("jsonl", "video"):
         if sink in summary["sinks"]:
             st = summary["sinks"][sink]

@@ -109,6 +109,7 @@ class VideoSink(Sink):
         self.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency"}
         self._writers: dict[str, _Writer] = {}
         self.paths: dict[str, str] = {}
+        self.frames: dict[str, int] = {}
 
     def open(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path_template)) or "."
@@ -135,16 +136,20 @@ class VideoSink(Sink):
     def end_of_stream(self, eos: EndOfStream) -> None:
         w = self._writers.pop(eos.source_id, None)
         if w is not None:
-            w.close()
-            _logger.info("video %s: %d frames", w.path, w.frames)
+            self._close(eos.source_id, w)
+
+    def _close(self, source_id: str, w: _Writer) -> None:
+        self.frames[source_id] = w.frames
+        w.close()
+        _logger.info("video %s: %d frames", w.path, w.frames)
 
     def close(self) -> None:
         writers, self._writers = self._writers, {}
-        for w in writers.values():
+        for source_id, w in writers.items():
             try:
-                w.close()
+                self._close(source_id, w)
             except (OSError, av.error.FFmpegError) as exc:
                 _logger.error("video %s: close failed: %s", w.path, exc)
 
     def stats(self) -> dict[str, Any]:
-        return {"paths": dict(self.paths)}
+        return {"paths": dict(self.paths), "frames": dict(self.frames)}

@@ -125,4 +125,9 @@ class ZmqSink(Sink):
             self._sock = None
 
     def stats(self) -> dict[str, Any]:
-        return {"sent": self.sent, "dropped": self.dropped, "publish_ms": self.publish_ms.summary()}
+        return {
+            "endpoint": self.bound_endpoint,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "publish_ms": self.publish_ms.summary(),
+        }
