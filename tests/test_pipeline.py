@@ -179,3 +179,15 @@ def test_stop_mid_run_drains_and_closes(clip, bundle, tmp_path):
     pts, _ = decode_pts(tmp_path / "annotated.mp4")
     assert len(pts) == len(rows)
     assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith(("source-", "worker-", "sink-")))
+
+
+def test_latest_policy_drops_oldest_and_counts_every_drop(clip, bundle, tmp_path):
+    # An unpaced file decodes far faster than the model runs: a 1-frame 'latest' buffer must drop.
+    summary = run(config(clip, bundle, tmp_path, video=False, buffer_size=1, policy="latest", max_batch=1))
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    src = summary["sources"]["cam"]
+    indices = [r["frame_index"] for r in rows]
+    assert indices == sorted(set(indices))  # still in order, never twice
+    assert src["frames_out"] == len(rows) and src["frames_decoded"] == 48
+    assert src["drops"].get("buffer_full", 0) == 48 - len(rows) > 0
+    assert indices[-1] == 47  # the newest frame always survives
