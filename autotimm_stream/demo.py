@@ -40,11 +40,17 @@ def _clip(out_dir: str, frames: int) -> str:
     return path
 
 
-def demo_config(out_dir: str = "demo_out", overrides: list[str] | None = None, frames: int = 250) -> RunConfig:
-    """The demo's config: generates the clip into ``out_dir`` when it is not there yet."""
+def demo_config(
+    out_dir: str = "demo_out", overrides: list[str] | None = None, frames: int = 250, realtime: bool = True
+) -> RunConfig:
+    """The demo's config: generates the clip into ``out_dir`` when it is not there yet.
+
+    The clip plays at its own speed by default (``realtime``), so a subscriber started beside
+    the demo can watch the results arrive; ``realtime=False`` runs as fast as the machine allows.
+    """
     os.makedirs(out_dir, exist_ok=True)
     data: dict[str, Any] = {
-        "sources": [{"id": "demo", "uri": _clip(out_dir, frames), "policy": "block"}],
+        "sources": [{"id": "demo", "uri": _clip(out_dir, frames), "policy": "block", "realtime": realtime}],
         "model": {"path": demo_bundle_path(), "device": "auto"},
         "output_dir": out_dir,
     }

@@ -104,8 +104,10 @@ def _convert_group(x: torch.Tensor, spec: PreprocessSpec, geo: Geometry) -> torc
     out_h, out_w = spec.size
     on_cpu_uint8 = x.dtype == torch.uint8
     y = _resize(x, geo.resized, spec.interpolation)
-    if not on_cpu_uint8 and spec.interpolation == "bicubic":
-        y = y.clamp_(0, 255)  # bicubic overshoots; uint8 kernels saturate, float ones do not
+    if not on_cpu_uint8 and y is not x:
+        # The CPU resizes in uint8 (rounded, saturated); do the same on the GPU so a bundle sees
+        # the same input wherever it runs.
+        y = y.round_().clamp_(0, 255)
     top, left = geo.crop
     y = y[:, :, top : top + out_h, left : left + out_w]
     if spec.resize == "letterbox":
@@ -142,7 +144,8 @@ def preprocess_batch(
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     for shape, idx in groups.items():
-        stacked = np.stack([images[i] for i in idx]) if len(idx) > 1 else images[idx[0]][None]
+        # np.stack copies; a lone frame may be a view with negative strides (a BGR->RGB flip)
+        stacked = np.stack([images[i] for i in idx]) if len(idx) > 1 else np.ascontiguousarray(images[idx[0]][None])
         x = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # NHWC memory: channels_last view
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True).float()

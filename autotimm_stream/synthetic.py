@@ -33,8 +33,15 @@ class Shape:
     color: tuple[int, int, int]
 
     def box(self) -> tuple[float, float, float, float]:
-        """Axis-aligned box (x1, y1, x2, y2) in pixels."""
-        return (self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r)
+        """Tight axis-aligned box (x1, y1, x2, y2) in pixels of the shape as :meth:`ShapeScene.render` draws it."""
+        cx, cy, r = int(self.cx), int(self.cy), int(self.r)
+        if self.kind == "square":
+            side = int(r * 0.85)
+            return (cx - side, cy - side, cx + side + 1, cy + side + 1)
+        if self.kind == "triangle":
+            half = int(r * 0.93)
+            return (cx - half, cy - r, cx + half + 1, cy + r // 2 + 1)
+        return (cx - r, cy - r, cx + r + 1, cy + r + 1)
 
 
 class ShapeScene:

@@ -36,7 +36,9 @@ def main() -> int:
                 continue
             best = msg["classes"][0] if msg["classes"] else None
             label = f"{best['label']} {best['score']:.2f}" if best else "-"
-            print(f"{topic.decode()} #{msg['frame_index']} t={msg['pts'] or 0:.2f}s {label} latency={msg['latency_ms']:.0f}ms")
+            print(
+                f"{topic.decode()} #{msg['frame_index']} t={msg['pts'] or 0:.2f}s {label} latency={msg['latency_ms']:.0f}ms"
+            )
         print(f"nothing received for {args.timeout:.0f} s; bye")
     except KeyboardInterrupt:
         pass

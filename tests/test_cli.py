@@ -175,6 +175,17 @@ def test_demo_runs_from_nothing(tmp_path):
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 50
     assert len(decode_pts(out / "annotated.mp4")[0]) == 50
+    # the demo shows real predictions: replay the clip's scene for its ground truth
+    from autotimm_stream.demo import DEMO_SEED
+    from autotimm_stream.synthetic import ShapeScene
+
+    scene = ShapeScene(640, 360, seed=DEMO_SEED, dominant=True)
+    truth = []
+    for _ in range(50):
+        truth.append(scene.labels()[0])
+        scene.step()
+    correct = sum(r["classes"][0]["label"] == t for r, t in zip(rows, truth))
+    assert correct >= 45, f"{correct}/50 frames right"
 
 
 def test_zmq_address_in_use_is_a_clear_error(clip, bundle, tmp_path):

@@ -85,3 +85,10 @@ def test_bad_spec(kwargs, message):
 def test_empty_batch_is_an_error():
     with pytest.raises(ValueError, match="at least one image"):
         preprocess_batch([], PreprocessSpec((8, 8)))
+
+
+def test_a_single_flipped_view_is_accepted():
+    img = rng_frames(1, 40, 60)[0]
+    spec = PreprocessSpec((32, 32), "squash", 1.0, "bilinear", MEAN, STD)
+    flipped = img[..., ::-1]  # BGR<->RGB view with a negative stride
+    torch.testing.assert_close(preprocess_batch([flipped], spec), preprocess_batch([flipped.copy()], spec))

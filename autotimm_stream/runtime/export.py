@@ -73,19 +73,28 @@ def export_timm(
     """Build a bundle from a timm model name (``pretrained=False``; weights from ``state_dict`` if given)."""
     import timm
 
+    kwargs = {"pretrained": False, "num_classes": len(class_names)}
     try:
-        model = timm.create_model(model_name, pretrained=False, num_classes=len(class_names))
+        try:
+            # fixed-size models (ViTs) must be built at the export size; convnets take no img_size
+            extra = {"img_size": image_size} if image_size else {}
+            model = timm.create_model(model_name, **kwargs, **extra)
+        except TypeError:
+            model = timm.create_model(model_name, **kwargs)
     except RuntimeError as exc:  # timm raises RuntimeError('Unknown model ...')
         raise ConfigError(f"{exc}; list names with `python -c 'import timm; print(timm.list_models())'`") from None
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = image_size or int(cfg["input_size"][-1])
+    crop_mode = cfg.get("crop_mode", "center")
+    if crop_mode not in ("center", "squash"):
+        _logger.warning("timm crop_mode %r is not supported; using a centre crop", crop_mode)
     meta = BundleMeta(
         task=task,
         class_names=list(class_names),
         input_size=(size, size),
-        resize="center_crop",
+        resize="squash" if crop_mode == "squash" else "center_crop",
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bilinear")),
         mean=tuple(cfg["mean"]),
