@@ -52,6 +52,7 @@ class Pipeline:
         stop: threading.Event | None = None,
         postprocessor: Postprocessor | None = None,
         drain_timeout_s: float = 3.0,
+        overlap_preprocess: bool = True,
         sink_queue: int = 4,
     ):
         if not sources:
@@ -69,6 +70,7 @@ class Pipeline:
         self.abort = threading.Event()
         self.postprocess = postprocessor or Postprocessor(runner.meta)
         self.drain_timeout_s = drain_timeout_s
+        self.overlap_preprocess = overlap_preprocess
         bells = {id(s.buffer.bell) for s in sources}
         if len(bells) != 1:
             raise ValueError("all source buffers must share one bell (threading.Condition)")
@@ -220,9 +222,7 @@ class Pipeline:
                     break
                 if batch:
                     formed_ns = time.monotonic_ns()
-                    t0 = time.perf_counter()
-                    x = self.runner.preprocess([f.image for f in batch])
-                    prep_ms = (time.perf_counter() - t0) * 1e3
+                    x, prep_ms = self._preprocess(batch) if self.overlap_preprocess else (None, 0.0)
                     if not self._put((batch, x, formed_ns, prep_ms)):
                         return
                 self._announce_ends(ended)
@@ -261,10 +261,17 @@ class Pipeline:
                     self._emit(item)
                     continue
                 batch, x, formed_ns, prep_ms = item
+                if x is None:
+                    x, prep_ms = self._preprocess(batch)
                 self._emit(self._infer(batch, x, formed_ns, prep_ms))
         finally:
             self.ended_at = time.monotonic()
             self._done.set()
+
+    def _preprocess(self, batch: list[Frame]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        x = self.runner.preprocess([f.image for f in batch])
+        return x, (time.perf_counter() - t0) * 1e3
 
     def _infer(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> list[Result]:
         t0 = time.perf_counter()

@@ -444,6 +444,10 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if len(ratios["engine_over_model_only_runs"]) > 1:
         print(f"  per round               {', '.join(f'{v:.3f}' for v in ratios['engine_over_model_only_runs'])}")
+        paired = statistics.median(ratios["engine_over_model_only_runs"])
+        # each round pairs a model-only and an engine run taken back to back: the fairer comparison
+        # when the machine's speed drifts, so it is shown beside the ratio of medians
+        print(f"  paired (median of per-round ratios)  {paired:.3f}")
     print(f"engine / model-only (main-thread figure)  {ratios['engine_over_model_only_main_thread']:.3f}")
     spin = ratios["main_thread_slowdown"]
     if spin and spin > SPIN_WARN and not os.environ.get("OMP_WAIT_POLICY"):

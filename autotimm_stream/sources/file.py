@@ -14,6 +14,7 @@ from ..errors import SourceError
 from ..frame import Frame, FrameFlags, now_ns
 from ..ringbuffer import RingBuffer
 from .base import Source, SourceInfo
+from .convert import to_rgb
 
 __all__ = ["FileSource", "probe_video"]
 
@@ -120,7 +121,7 @@ class FileSource(Source):
                 _logger.warning("source %s: undecodable packet skipped (%s)", self.source_id, exc)
                 continue
             for vframe in decoded:
-                image = vframe.to_ndarray(format="rgb24")
+                image = to_rgb(vframe)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 flags, pending = pending, FrameFlags.NONE
                 if vframe.pts is None:
