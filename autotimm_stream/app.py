@@ -48,28 +48,26 @@ def build_sources(cfg: RunConfig, stop: threading.Event) -> list[Source]:
     return sources
 
 
-def build_sinks(cfg: RunConfig, runner: ModelRunner, sources: list[Source]) -> list[Sink]:
+def build_sinks(cfg: RunConfig, sources: list[Source]) -> list[Sink]:
     """The configured sinks; the ZMQ sink comes first because binding is what most often fails."""
     out = cfg.output_dir
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise SinkError(f"output_dir: cannot create {out!r} ({exc.strerror}); pick a writable folder") from None
-    name = runner.meta_name
     sinks: list[Sink] = []
     s = cfg.sinks
     if s.zmq.enabled:
         sinks.append(
             ZmqSink(
                 s.zmq.endpoint,
-                model_name=name,
                 hwm=s.zmq.hwm,
                 wait_subscribers=s.zmq.wait_subscribers,
                 wait_timeout_s=s.zmq.wait_timeout_s,
             )
         )
     if s.jsonl.enabled:
-        sinks.append(JsonlSink(os.path.join(out, s.jsonl.filename), model_name=name))
+        sinks.append(JsonlSink(os.path.join(out, s.jsonl.filename)))
     if s.video.enabled:
         fps = {src.source_id: src.info.fps if src.info else None for src in sources}
         sinks.append(
@@ -91,7 +89,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
     runner = ModelRunner(m.path, device=m.device, fp16=m.fp16, channels_last=m.channels_last, threads=m.threads)
     sources = build_sources(cfg, stop)
     try:
-        sinks = build_sinks(cfg, runner, sources)
+        sinks = build_sinks(cfg, sources)
     except BaseException:
         for src in sources:
             src.close()

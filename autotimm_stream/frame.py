@@ -94,6 +94,8 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0
     done_ns: int = 0  # time.monotonic_ns() when post-processing finished
+    model: str = ""  # name of the model that produced it
+    _record: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def source_id(self) -> str:
@@ -103,8 +105,13 @@ class Result:
     def index(self) -> int:
         return self.frame.index
 
-    def to_json(self, model_name: str = "") -> dict[str, Any]:
-        """The JSON-able record of this result (used by the JSONL and ZMQ sinks)."""
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-able record of this result, built once and shared by every sink: do not mutate it."""
+        if self._record is None:
+            self._record = self._build_record()
+        return self._record
+
+    def _build_record(self) -> dict[str, Any]:
         f = self.frame
         return {
             "source_id": f.source_id,
@@ -115,7 +122,7 @@ class Result:
             "height": f.height,
             "flags": [flag.name.lower() for flag in FrameFlags if flag and flag in f.flags],
             "task": self.task,
-            "model": model_name,
+            "model": self.model,
             "batch_size": self.batch_size,
             "classes": [p.to_json() for p in self.classes],
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},

@@ -52,7 +52,6 @@ class Pipeline:
         stop: threading.Event | None = None,
         postprocessor: Postprocessor | None = None,
         drain_timeout_s: float = 3.0,
-        overlap_preprocess: bool = True,
         sink_queue: int = 4,
     ):
         if not sources:
@@ -70,7 +69,6 @@ class Pipeline:
         self.abort = threading.Event()
         self.postprocess = postprocessor or Postprocessor(runner.meta)
         self.drain_timeout_s = drain_timeout_s
-        self.overlap_preprocess = overlap_preprocess
         bells = {id(s.buffer.bell) for s in sources}
         if len(bells) != 1:
             raise ValueError("all source buffers must share one bell (threading.Condition)")
@@ -222,7 +220,7 @@ class Pipeline:
                     break
                 if batch:
                     formed_ns = time.monotonic_ns()
-                    x, prep_ms = self._preprocess(batch) if self.overlap_preprocess else (None, 0.0)
+                    x, prep_ms = self._preprocess(batch)
                     if not self._put((batch, x, formed_ns, prep_ms)):
                         return
                 self._announce_ends(ended)
@@ -261,8 +259,6 @@ class Pipeline:
                     self._emit(item)
                     continue
                 batch, x, formed_ns, prep_ms = item
-                if x is None:
-                    x, prep_ms = self._preprocess(batch)
                 self._emit(self._infer(batch, x, formed_ns, prep_ms))
         finally:
             self.ended_at = time.monotonic()
@@ -292,7 +288,7 @@ class Pipeline:
                 "infer": infer_ms,
                 "post": post_ms,
             }
-            results.append(Result(frame, self.runner.meta.task, preds, timings, n, done_ns))
+            results.append(Result(frame, self.runner.meta.task, preds, timings, n, done_ns, self.runner.meta_name))
             self.stages["decode"].add(frame.decode_ms)
             self.stages["queue"].add(timings["queue"])
             self.frames_out[frame.source_id] += 1

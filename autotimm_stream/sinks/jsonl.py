@@ -19,9 +19,8 @@ _FLUSH_S = 1.0  # a crash loses at most about this much
 class JsonlSink(Sink):
     name = "jsonl"
 
-    def __init__(self, path: str | os.PathLike[str], model_name: str = ""):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
-        self.model_name = model_name
         self._fh: IO[str] | None = None
         self._last_flush = 0.0
         self.lines = 0
@@ -37,7 +36,7 @@ class JsonlSink(Sink):
     def write(self, results: list[Result]) -> None:
         assert self._fh is not None
         for r in results:
-            self._fh.write(json.dumps(r.to_json(self.model_name), separators=(",", ":")))
+            self._fh.write(json.dumps(r.to_json(), separators=(",", ":")))
             self._fh.write("\n")
         self.lines += len(results)
         now = time.monotonic()

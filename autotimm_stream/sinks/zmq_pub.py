@@ -39,14 +39,12 @@ class ZmqSink(Sink):
         self,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
-        model_name: str = "",
         hwm: int = 1000,
         wait_subscribers: int = 0,
         wait_timeout_s: float = 5.0,
         context: zmq.Context | None = None,
     ):
         self.endpoint = endpoint
-        self.model_name = model_name
         self.hwm = hwm
         self.wait_subscribers = wait_subscribers
         self.wait_timeout_s = wait_timeout_s
@@ -103,14 +101,17 @@ class ZmqSink(Sink):
 
     def write(self, results: list[Result]) -> None:
         for r in results:
-            header = r.to_json(self.model_name)
-            # results are shared with other sink threads: never mutate them here
+            record = r.to_json()  # shared with other sink threads: copy what changes
             publish_ms = ms_since(r.done_ns) if r.done_ns else 0.0
             self.publish_ms.add(publish_ms)
-            header["timings_ms"]["publish"] = round(publish_ms, 3)
-            header["schema"] = SCHEMA_VERSION
-            header["publish_ns"] = time.time_ns()
-            header["latency_ms"] = round((header["publish_ns"] - r.frame.capture_ns) / 1e6, 3)
+            publish_ns = time.time_ns()
+            header = {
+                "schema": SCHEMA_VERSION,
+                **record,
+                "timings_ms": {**record["timings_ms"], "publish": round(publish_ms, 3)},
+                "publish_ns": publish_ns,
+                "latency_ms": round((publish_ns - r.frame.capture_ns) / 1e6, 3),
+            }
             self._send(f"{r.task}/{r.source_id}", header)
 
     def end_of_stream(self, eos: EndOfStream) -> None:
