@@ -33,7 +33,9 @@ class FileSourceConfig(_Strict):
     policy: Literal["block", "latest"] = Field("block", description="full buffer: wait (block) or drop oldest")
     buffer_size: int = Field(32, ge=1, le=4096, description="ring buffer capacity in frames")
     realtime: bool = Field(False, description="pace the file at its own frame rate, like a live camera")
-    decode_threads: int = Field(0, ge=0, le=64, description="FFmpeg decoder threads; 0 = automatic")
+    decode_threads: int | None = Field(
+        None, ge=0, le=64, description="FFmpeg decoder threads; 0 = FFmpeg's choice; null = 1 on CPU, 0 on CUDA"
+    )
 
 
 class ModelConfig(_Strict):

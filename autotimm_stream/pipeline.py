@@ -89,22 +89,22 @@ class Pipeline:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self, warmup: bool = True) -> None:
-        """Open sinks, warm the model up, then start the worker and the sources."""
+        """Warm the model up, open the sinks, then start the worker and the sources."""
         for s in self.sources:
             if s.info is None:
                 s.open()
         try:
+            if warmup:  # before any sink opens: a model that fails leaves nothing written
+                self.runner.warmup(tuple(sorted({1, self.policy.max_batch})))
             for sink in self.sinks:
                 sink.open()
                 self._opened.append(sink)
         except BaseException:
-            for sink in self._opened:
+            for sink in self._opened:  # no thread owns them yet
                 sink.close()
             for s in self.sources:
                 s.close()
             raise
-        if warmup:
-            self.runner.warmup(tuple(sorted({1, self.policy.max_batch})))
         for r in self._sink_runners:
             r.start()
         self._threads = [
@@ -173,9 +173,6 @@ class Pipeline:
                 r.join(1.0)
             if r.error is not None and self.error is None:
                 self.error = r.error
-        if not self._sink_runners:
-            for sink in self._opened:
-                sink.close()
         self.ended_at = self.ended_at or time.monotonic()
         errors = [s.error for s in self.sources if s.error is not None]
         if errors and self.error is None:

@@ -202,3 +202,17 @@ def test_zmq_address_in_use_is_a_clear_error(clip, bundle, tmp_path):
         sock.close(0)
     assert_clean_failure(proc, "sinks.zmq.endpoint", f"cannot bind 'tcp://127.0.0.1:{port}'", "pick another port")
     assert not (out / "predictions.jsonl").exists()
+
+
+def test_bundle_whose_metadata_lies_about_the_network(clip, tmp_path):
+    from autotimm_stream.runtime.bundle import BundleMeta, save_bundle
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    traced = torch.jit.trace(net, torch.zeros(1, 3, 8, 8))
+    meta = BundleMeta(task="classification", class_names=["a", "b"], input_size=(16, 16))  # wrong size
+    bundle = tmp_path / "liar.pt"
+    save_bundle(traced, meta, bundle)
+    out = tmp_path / "out"
+    proc = cli("run", str(write_config(tmp_path / "c.yaml", str(clip), str(bundle), out)))
+    assert_clean_failure(proc, "fails on a [1, 3, 16, 16] input", "re-export")
+    assert not (out / "predictions.jsonl").exists()

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..preprocess import preprocess_batch
 from .bundle import load_bundle
 
@@ -108,6 +108,18 @@ class ModelRunner:
             x = torch.zeros((b, 3, h, w), dtype=self.dtype, device=self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            for _ in range(iterations):
-                self.forward(x)
+            try:
+                for _ in range(iterations):
+                    out = self.forward(x)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(
+                    f"model bundle {self.path!r} fails on a [{b}, 3, {h}, {w}] input, the size its metadata "
+                    f"declares ({first}); re-export it with the right --image-size"
+                ) from None
+            if out.ndim != 2 or out.shape[1] != self.meta.num_classes:
+                raise ModelError(
+                    f"model bundle {self.path!r} outputs shape {tuple(out.shape)} but lists "
+                    f"{self.meta.num_classes} classes; expected [batch, {self.meta.num_classes}]: re-export it"
+                )
         self.synchronize()
