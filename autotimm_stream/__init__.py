@@ -1,38 +1,50 @@
 """autotimm-stream: real-time video inference for AutoTimm-trained models.
 
-Source -> RingBuffer -> Batcher(ModelRunner, Postprocessor) -> Result -> Sink*
+    Source -> RingBuffer -> Batcher(ModelRunner, Postprocessor) -> Result -> Sink*
+
+The public names below load on first use, so light entry points (``autotimm-stream listen``)
+start without importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .batching import Batcher, BatchPolicy  # noqa: E402
-from .errors import ConfigError, ModelError, SinkError, SourceError, StreamError  # noqa: E402
-from .frame import Frame, FrameFlags, Prediction, Result  # noqa: E402
-from .pipeline import Pipeline  # noqa: E402
-from .ringbuffer import Policy, RingBuffer  # noqa: E402
-from .runtime.bundle import BundleMeta, load_bundle, read_meta  # noqa: E402
-from .runtime.runner import ModelRunner  # noqa: E402
+_EXPORTS = {
+    "Batcher": "batching",
+    "BatchPolicy": "batching",
+    "BundleMeta": "runtime.bundle",
+    "ConfigError": "errors",
+    "Frame": "frame",
+    "FrameFlags": "frame",
+    "ModelError": "errors",
+    "ModelRunner": "runtime.runner",
+    "Pipeline": "pipeline",
+    "Policy": "ringbuffer",
+    "Prediction": "frame",
+    "Result": "frame",
+    "RingBuffer": "ringbuffer",
+    "SinkError": "errors",
+    "SourceError": "errors",
+    "StreamError": "errors",
+    "load_bundle": "runtime.bundle",
+    "read_meta": "runtime.bundle",
+}
 
-__all__ = [
-    "__version__",
-    "Batcher",
-    "BatchPolicy",
-    "BundleMeta",
-    "ConfigError",
-    "Frame",
-    "FrameFlags",
-    "ModelError",
-    "ModelRunner",
-    "Pipeline",
-    "Policy",
-    "Prediction",
-    "Result",
-    "RingBuffer",
-    "SinkError",
-    "SourceError",
-    "StreamError",
-    "load_bundle",
-    "read_meta",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autotimm_stream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

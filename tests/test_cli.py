@@ -216,3 +216,33 @@ def test_bundle_whose_metadata_lies_about_the_network(clip, tmp_path):
     proc = cli("run", str(write_config(tmp_path / "c.yaml", str(clip), str(bundle), out)))
     assert_clean_failure(proc, "fails on a [1, 3, 16, 16] input", "re-export")
     assert not (out / "predictions.jsonl").exists()
+
+
+def test_listen_prints_what_a_running_engine_publishes(clip, bundle, tmp_path, endpoint):
+    from autotimm_stream.app import build_pipeline
+    from autotimm_stream.config import validate_config
+
+    listener = subprocess.Popen(
+        [*CLI, "listen", endpoint, "--json", "--count", "49", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cfg = validate_config(
+            {
+                "sources": [{"id": "cam", "uri": str(clip)}],
+                "model": {"path": str(bundle)},
+                "sinks": {"zmq": {"endpoint": endpoint, "wait_subscribers": 1, "wait_timeout_s": 30}},
+                "output_dir": str(tmp_path),
+            }
+        )
+        build_pipeline(cfg).run()
+        out, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert listener.returncode == 0, err
+    messages = [json.loads(line) for line in out.splitlines()]
+    assert [m["topic"] for m in messages] == ["classification/cam"] * 48 + ["eos/cam"]
+    assert [m["frame_index"] for m in messages[:-1]] == list(range(48))
