@@ -141,8 +141,6 @@ class Pipeline:
         self.start()
         try:
             while not self.wait(tick_s):
-                if self.stop_event.is_set() and self._stop_requested_at is None:
-                    self._stop_requested_at = time.monotonic()
                 if on_tick is not None:
                     on_tick(self)
             if on_tick is not None:
