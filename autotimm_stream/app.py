@@ -110,6 +110,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         stop=stop,
         postprocessor=post,
         drain_timeout_s=cfg.drain_timeout_s,
+        prep_threads=b.prep_threads,
     )
 
 

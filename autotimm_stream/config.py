@@ -52,6 +52,7 @@ class BatchingConfig(_Strict):
     max_batch: int = Field(8, ge=1, le=1024)
     max_wait_ms: float = Field(10.0, ge=0, le=10_000)
     max_frames_per_source: int = Field(0, ge=0, description="per-source share of a batch; 0 = no limit")
+    prep_threads: int = Field(1, ge=1, le=256, description="torch threads of the preprocessing thread")
 
 
 class ZmqConfig(_Strict):

@@ -42,11 +42,11 @@ def test_partial_batch_leaves_after_max_wait_from_first_frame():
 def test_frame_that_already_waited_does_not_wait_again():
     bufs, bell = make(1)
     fill(bufs[0], "a", 2)
-    time.sleep(0.2)  # longer than max_wait: the model was busy
-    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=100))
+    time.sleep(0.3)  # longer than max_wait: the model was busy
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=250))
     t0 = time.monotonic()
     assert len(b.next_batch(threading.Event())) == 2
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 0.2  # a fresh wait would take 0.25 s
 
 
 def test_round_robin_and_per_source_cap():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import zmq
 
 from autotimm_stream.app import build_pipeline
@@ -57,6 +58,13 @@ def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
     assert summary["frames"] == 48 and summary["drops"] == 0
     assert summary["sources"]["cam"] == {"frames_decoded": 48, "frames_out": 48, "drops": {}, "error": None}
     assert summary["batch_size_mean"] > 1  # the buffer of 4 fills while the model works: batches form
+    # the model keeps torch's threads, preprocessing gets one, the global default is restored
+    assert summary["torch_threads"] == {"infer": torch.get_num_threads(), "prep": 1}
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # a thread started later
+    t.start()
+    t.join(5)
+    assert seen == [torch.get_num_threads()]
     for r in rows:
         assert [c["label"] for c in r["classes"]] and r["task"] == "classification"
         assert set(r["timings_ms"]) == {"decode", "queue", "preprocess", "infer", "post"}
