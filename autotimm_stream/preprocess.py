@@ -150,9 +150,9 @@ def preprocess_batch(
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True).float()
         y = _convert_group(x, spec, plan(shape[0], shape[1], spec))
-        y = (y.float() - mean) * inv_std
-        if len(idx) == len(images):
-            out.copy_(y)
+        if len(idx) == len(images) and dtype == torch.float32:
+            out.copy_(y).sub_(mean).mul_(inv_std)  # in place: no float temporaries
         else:
-            out[torch.tensor(idx, device=device)] = y.to(dtype)
+            # mixed shapes or fp16: normalise in fp32, then round once into place
+            out[torch.tensor(idx, device=device)] = ((y.float() - mean) * inv_std).to(dtype)
     return out
