@@ -43,6 +43,7 @@ class Batcher:
         self.buffers = buffers
         self.bell = bell
         self.policy = policy
+        self._cap = policy.max_frames_per_source or policy.max_batch  # one source's share of a batch
         self._start = 0
 
     def _available(self) -> bool:
@@ -54,14 +55,12 @@ class Batcher:
 
     def _take(self, batch: list[Frame], taken: dict[int, int]) -> None:
         n = len(self.buffers)
-        cap = self.policy.max_frames_per_source or self.policy.max_batch
         progress = True
         while progress and len(batch) < self.policy.max_batch:
             progress = False
             for k in range(n):
                 i = (self._start + k) % n
-                room = min(cap - taken.get(i, 0), self.policy.max_batch - len(batch))
-                if room <= 0:
+                if taken.get(i, 0) >= self._cap:
                     continue
                 # one frame per source per pass keeps sources interleaved
                 got = self.buffers[i].pop(1)
@@ -90,9 +89,8 @@ class Batcher:
         if not batch:
             return []
         deadline_ns = batch[0].enqueued_ns + int(self.policy.max_wait_ms * 1e6)
-        cap = self.policy.max_frames_per_source or self.policy.max_batch
         while len(batch) < self.policy.max_batch and not halt.is_set():
-            open_ = [b for i, b in enumerate(self.buffers) if taken.get(i, 0) < cap and not b.exhausted]
+            open_ = [b for i, b in enumerate(self.buffers) if taken.get(i, 0) < self._cap and not b.exhausted]
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0 or not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
                 break  # deadline passed, or waiting cannot add a frame
