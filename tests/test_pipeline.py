@@ -199,3 +199,29 @@ def test_latest_policy_drops_oldest_and_counts_every_drop(clip, bundle, tmp_path
     assert src["frames_out"] == len(rows) and src["frames_decoded"] == 48
     assert src["drops"].get("buffer_full", 0) == 48 - len(rows) > 0
     assert indices[-1] == 47  # the newest frame always survives
+
+
+def test_corrupt_bytes_are_flagged_counted_and_survived(bundle, media, tmp_path):
+    import numpy as np
+
+    from autotimm_stream.synthetic import write_clip
+
+    good = write_clip(media / "to_corrupt.mp4", frames=60, width=320, height=240, seed=2, gop=12)
+    data = bytearray(Path(good).read_bytes())
+    rng = np.random.default_rng(0)
+    for offset in range(len(data) // 3, len(data) // 3 + 3000, 7):  # damage the middle of the H.264 data
+        data[offset] = int(rng.integers(0, 256))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    summary = run(config(bad, bundle, tmp_path / "out"))
+    rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    src = summary["sources"]["cam"]
+    assert src["error"] is None and 40 <= src["frames_decoded"] <= 60
+    assert src["frames_out"] == src["frames_decoded"] == len(rows)  # every decodable frame, once
+    indices = [r["frame_index"] for r in rows]
+    assert indices == sorted(indices)
+    flagged = [r for r in rows if "corrupt" in r["flags"]]
+    assert flagged, "damaged frames must be flagged"
+    if src["drops"].get("decode_error", 0):  # a skipped packet: the next frame says so
+        assert any("after_gap" in r["flags"] for r in rows)
+    assert len(decode_pts(tmp_path / "out" / "annotated.mp4")[0]) == len(rows)

@@ -66,7 +66,8 @@ class FileSource(Source):
 
     PTS are taken from the container (seconds from the first frame's PTS, so files whose stream
     starts at a non-zero PTS still begin at 0). Undecodable packets are skipped and counted as
-    ``decode_error`` drops; the next frame carries ``CORRUPT | AFTER_GAP``. With ``realtime`` the
+    ``decode_error`` drops; the next frame carries ``CORRUPT | AFTER_GAP``. Frames the decoder
+    marks as concealed carry ``CORRUPT``. With ``realtime`` the
     source paces itself at the file's own speed, which makes a file behave like a live camera.
     """
 
@@ -124,6 +125,8 @@ class FileSource(Source):
                 image = to_rgb(vframe)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 flags, pending = pending, FrameFlags.NONE
+                if vframe.is_corrupt:  # the decoder concealed damage in this very frame
+                    flags |= FrameFlags.CORRUPT
                 if vframe.pts is None:
                     flags |= FrameFlags.NO_PTS
                     pts = self.frames_decoded / fps
