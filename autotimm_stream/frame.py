@@ -95,7 +95,7 @@ class Result:
     batch_size: int = 0
     done_ns: int = 0  # time.monotonic_ns() when post-processing finished
     model: str = ""  # name of the model that produced it
-    _record: dict[str, Any] | None = field(default=None, repr=False)
+    _record: dict[str, Any] | None = field(default=None, init=False, repr=False)  # cache of to_json()
 
     @property
     def source_id(self) -> str:
