@@ -30,7 +30,7 @@ _EXPORTS = {
     "SinkError": "errors",
     "SourceError": "errors",
     "StreamError": "errors",
-    "load_bundle": "runtime.bundle",
+    "load_bundle": "runtime.formats",
     "read_meta": "runtime.bundle",
 }
 

@@ -174,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .runtime.bundle import read_meta
+    from .runtime.formats import read_meta
 
     meta = read_meta(args.bundle)
     print(meta.to_json())

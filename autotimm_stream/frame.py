@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Frame", "FrameFlags", "Result", "Prediction", "STAGES"]
+__all__ = ["Frame", "FrameFlags", "Result", "Prediction", "Detection", "STAGES"]
 
 # Stage names of the per-frame timings, in pipeline order (milliseconds each).
 STAGES = ("decode", "queue", "preprocess", "infer", "post", "publish")
@@ -80,17 +80,44 @@ class Prediction:
         return {"class_id": self.class_id, "label": self.label, "score": round(self.score, 6)}
 
 
+@dataclass(slots=True)
+class Detection:
+    """One detected object: ``box`` is ``(x1, y1, x2, y2)`` in source-frame pixels."""
+
+    box: tuple[float, float, float, float]
+    class_id: int
+    label: str
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "class_id": self.class_id,
+            "label": self.label,
+            "score": round(self.score, 6),
+        }
+
+
 @dataclass(slots=True, eq=False)
 class Result:
     """What the engine concluded about one frame.
 
-    A task only changes which output fields are set: ``classes`` holds the top-K (classification)
-    or every class above its threshold (multi-label), best first.
+    A task only changes which output fields are set:
+
+    - ``classes``: the top-K (classification) or every class above its threshold (multi-label),
+      best first;
+    - ``detections``: objects, best first, boxes in source-frame pixels (detection);
+    - ``mask``: ``uint8 [H, W]`` class ids at source resolution and ``class_fractions``, the share
+      of the frame's pixels per class (segmentation). The mask is not part of :meth:`to_json`;
+      sinks that carry it (ZMQ) send it as a binary frame.
     """
 
     frame: Frame
     task: str
     classes: list[Prediction] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    class_fractions: list[tuple[int, str, float]] = field(default_factory=list)  # (id, name, fraction)
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0
     done_ns: int = 0  # time.monotonic_ns() when post-processing finished
@@ -111,6 +138,17 @@ class Result:
             self._record = self._build_record()
         return self._record
 
+    def _task_record(self) -> dict[str, Any]:
+        if self.task == "detection":
+            return {"detections": [d.to_json() for d in self.detections]}
+        if self.task == "segmentation":
+            return {
+                "class_fractions": [
+                    {"class_id": i, "label": name, "fraction": round(frac, 6)} for i, name, frac in self.class_fractions
+                ]
+            }
+        return {"classes": [p.to_json() for p in self.classes]}
+
     def _build_record(self) -> dict[str, Any]:
         f = self.frame
         return {
@@ -124,7 +162,7 @@ class Result:
             "task": self.task,
             "model": self.model,
             "batch_size": self.batch_size,
-            "classes": [p.to_json() for p in self.classes],
+            **self._task_record(),
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
         }
 

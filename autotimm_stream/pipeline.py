@@ -294,10 +294,10 @@ class Pipeline:
 
     def _infer(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> list[Result]:
         t0 = time.perf_counter()
-        logits = self.runner.forward(x)
+        outputs = self.runner.forward(x)
         self.runner.synchronize()
         t1 = time.perf_counter()
-        predictions = self.postprocess(logits)
+        predictions = self.postprocess(outputs, [(f.height, f.width) for f in batch])
         t2 = time.perf_counter()
         infer_ms, post_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         done_ns = time.monotonic_ns()
@@ -311,7 +311,17 @@ class Pipeline:
                 "infer": infer_ms,
                 "post": post_ms,
             }
-            results.append(Result(frame, self.runner.meta.task, preds, timings, n, done_ns, self.runner.meta_name))
+            results.append(
+                Result(
+                    frame,
+                    self.runner.meta.task,
+                    **preds,
+                    timings=timings,
+                    batch_size=n,
+                    done_ns=done_ns,
+                    model=self.runner.meta_name,
+                )
+            )
             self.stages["decode"].add(frame.decode_ms)
             self.stages["queue"].add(timings["queue"])
             self.frames_out[frame.source_id] += 1

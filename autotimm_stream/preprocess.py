@@ -39,6 +39,10 @@ class PreprocessSpec:
     interpolation: str = "bilinear"  # one of INTERPOLATIONS
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Low-pass filter when shrinking, as PIL/torchvision do (timm's classification transforms).
+    # AutoTimm's detection and segmentation transforms resize with OpenCV's INTER_LINEAR, which
+    # does not: their bundles set False so the network sees what it was trained on.
+    antialias: bool = True
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -91,19 +95,19 @@ def plan(src_h: int, src_w: int, spec: PreprocessSpec) -> Geometry:
     return Geometry((rh, rw), crop=crop, scale=(rh / src_h, rw / src_w))
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest-exact")
-    return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    return F.interpolate(x, size=size, mode=mode, antialias=antialias, align_corners=False)
 
 
 def _convert_group(x: torch.Tensor, spec: PreprocessSpec, geo: Geometry) -> torch.Tensor:
     """[B, 3, H, W] (uint8 on CPU, float on CUDA) -> [B, 3, out_h, out_w] float in 0..255."""
     out_h, out_w = spec.size
     on_cpu_uint8 = x.dtype == torch.uint8
-    y = _resize(x, geo.resized, spec.interpolation)
+    y = _resize(x, geo.resized, spec.interpolation, spec.antialias)
     if not on_cpu_uint8 and y is not x:
         # The CPU resizes in uint8 (rounded, saturated); do the same on the GPU so a bundle sees
         # the same input wherever it runs.

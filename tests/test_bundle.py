@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autotimm_stream.errors import ModelError
-from autotimm_stream.runtime.bundle import BundleMeta, read_meta, save_bundle
+from autotimm_stream.runtime.bundle import BundleMeta
+from autotimm_stream.runtime.formats import read_meta, save_bundle
 from autotimm_stream.runtime.export import parse_classes
 from autotimm_stream.runtime.runner import ModelRunner
 
@@ -40,7 +41,7 @@ def test_plain_torchscript_without_metadata_is_refused(tmp_path):
     "content, message",
     [
         (None, "not found"),
-        (b"not a zip", "not a TorchScript archive"),
+        (b"not a zip", "not a TorchScript, torch.export or ONNX file"),
     ],
 )
 def test_bad_bundle_files(tmp_path, content, message):
@@ -57,7 +58,7 @@ def test_newer_bundle_version_is_refused(tmp_path):
     save_bundle(torch.jit.trace(torch.nn.Flatten(), torch.zeros(1, 3, 8, 8)), meta, path)
     with zipfile.ZipFile(path) as zf:
         name = next(n for n in zf.namelist() if n.endswith("autotimm_stream.json"))
-        text = zf.read(name).decode().replace('"bundle_version": 1', '"bundle_version": 99')
+        text = zf.read(name).decode().replace('"bundle_version": 2', '"bundle_version": 99')
     broken = tmp_path / "v99.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
         for item in src.infolist():
@@ -69,7 +70,10 @@ def test_newer_bundle_version_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"task": "detection"}, "task must be one of"),
+        ({"task": "keypoints"}, "task must be one of"),
+        ({"task": "detection", "head": "linear"}, "head must be one of"),
+        ({"task": "detection", "decode": {"iou": 0.5}}, "unknown fields"),
+        ({"task": "segmentation", "resize": "center_crop"}, "cannot use the center_crop"),
         ({"class_names": []}, "no class names"),
         ({"threshold": [0.5, 0.5]}, "2 thresholds for 3 classes"),
         ({"resize": "zoom"}, "preprocessing metadata is invalid"),
@@ -86,7 +90,7 @@ def test_export_refuses_class_count_mismatch(tmp_path):
 
     meta = BundleMeta(task="classification", class_names=["a", "b"], input_size=(8, 8))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
-    with pytest.raises(ModelError, match=r"outputs shape \(2, 5\) but the bundle lists 2 classes"):
+    with pytest.raises(ModelError, match=r"outputs \[\(2, 5\)\] but the metadata expects one \[2, 2\] tensor"):
         export_module(model, meta, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
 

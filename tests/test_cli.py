@@ -205,7 +205,8 @@ def test_zmq_address_in_use_is_a_clear_error(clip, bundle, tmp_path):
 
 
 def test_bundle_whose_metadata_lies_about_the_network(clip, tmp_path):
-    from autotimm_stream.runtime.bundle import BundleMeta, save_bundle
+    from autotimm_stream.runtime.bundle import BundleMeta
+    from autotimm_stream.runtime.formats import save_bundle
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     traced = torch.jit.trace(net, torch.zeros(1, 3, 8, 8))

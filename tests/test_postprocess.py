@@ -32,7 +32,7 @@ def test_multilabel_applies_thresholds(threshold, expected):
     # sigmoid: a=0.62, b=0.88, c=0.27 ; second row a=0.05, b=0.12, c=0.18
     logits = torch.tensor([[0.5, 2.0, -1.0], [-3.0, -2.0, -1.5]])
     post = Postprocessor(meta("multilabel", threshold=threshold))
-    got = [[p.label for p in row] for row in post(logits)]
+    got = [[p.label for p in row] for row in (out["classes"] for out in post((logits,), [(8, 8)] * 2))]
     assert got == expected
 
 
@@ -43,6 +43,7 @@ def test_multilabel_scores_are_sigmoid():
 
 def test_classification_postprocessor_names_classes():
     post = Postprocessor(meta("classification", top_k=2))
-    (row,) = post(torch.tensor([[0.0, 0.0, 5.0]]))
+    (out,) = post((torch.tensor([[0.0, 0.0, 5.0]]),), [(8, 8)])
+    row = out["classes"]
     assert [p.label for p in row] == ["c", "a"] or [p.label for p in row] == ["c", "b"]
     assert row[0].class_id == 2 and 0.98 < row[0].score <= 1.0

@@ -1,28 +1,76 @@
-"""Task post-processing: network output -> per-frame predictions."""
+"""Task post-processing: raw network outputs -> per-frame task outputs.
+
+One :class:`Postprocessor` per run, chosen by the bundle's task and head. It returns, per frame,
+the :class:`~autotimm_stream.frame.Result` fields its task sets (``classes``, ``detections``, or
+``mask`` + ``class_fractions``); boxes and masks are in source-frame pixels.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from ..frame import Prediction
+from ..frame import Detection
+from ..preprocess import Geometry, plan
 from ..runtime.bundle import BundleMeta
 from .classification import multilabel, to_predictions, topk
+from .detection import decode_dense, to_frame_pixels
+from .segmentation import class_fractions, logits_to_mask
 
-__all__ = ["Postprocessor", "topk", "multilabel", "to_predictions"]
+__all__ = [
+    "Postprocessor",
+    "topk",
+    "multilabel",
+    "to_predictions",
+    "decode_dense",
+    "to_frame_pixels",
+    "logits_to_mask",
+    "class_fractions",
+]
 
 
 class Postprocessor:
-    """Turns a batch of raw outputs into one prediction list per frame, as the bundle's task says."""
+    """Turns a batch of raw outputs into one set of task outputs per frame, as the bundle says.
+
+    Args:
+        meta: the bundle's metadata (task, head, classes, decode parameters).
+        top_k: classification: override the bundle's top-K.
+        threshold: multi-label: override the bundle's threshold(s); detection: the score threshold.
+    """
 
     def __init__(self, meta: BundleMeta, top_k: int | None = None, threshold: float | list[float] | None = None):
         self.meta = meta
         self.task = meta.task
         self.top_k = top_k or meta.top_k
-        thr = meta.threshold if threshold is None else threshold
-        self.threshold = torch.as_tensor(thr, dtype=torch.float32)
+        self.spec = meta.preprocess_spec()
+        self.decode = dict(meta.decode)
+        if self.task == "detection":
+            if threshold is not None:
+                if isinstance(threshold, list):
+                    raise ValueError("detection takes one score threshold, not one per class")
+                self.decode["score_thresh"] = float(threshold)
+            self.threshold = torch.tensor(self.decode["score_thresh"])
+        else:
+            thr = meta.threshold if threshold is None else threshold
+            self.threshold = torch.as_tensor(thr, dtype=torch.float32)
+        self._geometry: dict[tuple[int, int], Geometry] = {}
 
-    def __call__(self, logits: torch.Tensor) -> list[list[Prediction]]:
-        """logits (Tensor[B, C]) -> B lists of predictions, best first."""
+    def geometry(self, frame_hw: tuple[int, int]) -> Geometry:
+        geo = self._geometry.get(frame_hw)
+        if geo is None:
+            geo = self._geometry[frame_hw] = plan(frame_hw[0], frame_hw[1], self.spec)
+        return geo
+
+    def __call__(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """``outputs``: the network's raw outputs for a batch; ``frames_hw``: each frame's (H, W)."""
+        if self.task == "detection":
+            return self._detection(outputs, frames_hw)
+        if self.task == "segmentation":
+            return self._segmentation(outputs[0], frames_hw)
+        return [{"classes": preds} for preds in self._classes(outputs[0])]
+
+    def _classes(self, logits: torch.Tensor) -> list[list[Any]]:
         names = self.meta.class_names
         if self.task == "multilabel":
             scores, mask = multilabel(logits, self.threshold.to(logits.device))
@@ -30,3 +78,43 @@ class Postprocessor:
             return to_predictions(scores.gather(1, order), order, names, mask.gather(1, order))
         scores, ids = topk(logits, self.top_k)
         return to_predictions(scores, ids, names)
+
+    def _detection(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        d = self.decode
+        levels = len(d["strides"])
+        cls, reg = outputs[:levels], outputs[levels : 2 * levels]
+        ctr = outputs[2 * levels : 3 * levels] if self.meta.head == "fcos" else None
+        decoded = decode_dense(
+            cls,
+            reg,
+            ctr,
+            d["strides"],
+            self.spec.size,
+            float(d["score_thresh"]),
+            float(d["nms_thresh"]),
+            int(d["max_detections"]),
+        )
+        names = self.meta.class_names
+        out = []
+        for (boxes, scores, labels), hw in zip(decoded, frames_hw):
+            boxes = to_frame_pixels(boxes, self.geometry(hw), hw).cpu().tolist()
+            dets = [
+                Detection(tuple(b), int(c), names[int(c)], float(s))  # type: ignore[arg-type]
+                for b, s, c in zip(boxes, scores.cpu().tolist(), labels.cpu().tolist())
+            ]
+            out.append({"detections": dets})
+        return out
+
+    def _segmentation(self, logits: torch.Tensor, frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        names = self.meta.class_names
+        out = []
+        for i, hw in enumerate(frames_hw):
+            mask = logits_to_mask(logits[i], self.geometry(hw), self.spec.size, hw)
+            fractions = class_fractions(mask, len(names))
+            out.append(
+                {
+                    "mask": mask.cpu().numpy(),
+                    "class_fractions": [(c, names[c], f) for c, f in enumerate(fractions) if f > 0],
+                }
+            )
+        return out

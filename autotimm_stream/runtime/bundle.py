@@ -1,29 +1,44 @@
-"""Model bundles: a TorchScript file that carries its own metadata.
+"""Model bundles: one file holding a network and the metadata needed to run it.
 
-The metadata travels inside the archive (``_extra_files["autotimm_stream.json"]``), so a bundle
-is one file that says what task it does, which classes it knows and how frames must be prepared.
+The metadata says what task the network does, which classes it knows, how frames must be
+prepared and how its outputs are decoded. It travels inside the file, whatever the format:
+
+- ``torchscript``: a ``torch.jit`` archive, metadata in ``_extra_files["autotimm_stream.json"]``;
+- ``export``: a ``torch.export`` ExportedProgram (``.pt2``), metadata in its ``extra_files``;
+- ``onnx``: an ONNX model (weights inside), metadata in ``metadata_props["autotimm_stream"]``.
+
+The runtime (:mod:`.formats`) is indifferent to which format a bundle holds.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import warnings
-import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import torch
 
 from ..errors import ModelError
 from ..preprocess import PreprocessSpec
 
-__all__ = ["BundleMeta", "save_bundle", "load_bundle", "read_meta", "TASKS", "META_FILE"]
+__all__ = ["BundleMeta", "TASKS", "HEADS", "META_FILE", "DETECTION_DECODE_DEFAULTS"]
 
 META_FILE = "autotimm_stream.json"
 BUNDLE_FORMAT = "autotimm-stream-bundle"
-BUNDLE_VERSION = 1
-TASKS = ("classification", "multilabel")
+BUNDLE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 (classification only) lacks fields that have defaults here
+TASKS = ("classification", "multilabel", "detection", "segmentation")
+HEADS = {
+    "classification": ("linear",),
+    "multilabel": ("linear",),
+    "detection": ("fcos", "yolox"),
+    "segmentation": ("deeplabv3plus", "fcn"),
+}
+# Decode parameters a detection bundle must carry, with AutoTimm's ObjectDetector defaults.
+DETECTION_DECODE_DEFAULTS: dict[str, Any] = {
+    "score_thresh": 0.05,
+    "nms_thresh": 0.5,
+    "max_detections": 100,
+    "strides": [8, 16, 32, 64, 128],
+}
 
 
 @dataclass(slots=True)
@@ -36,11 +51,16 @@ class BundleMeta:
     resize: str = "center_crop"
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
+    antialias: bool = True  # low-pass when shrinking (PIL/torchvision); False = OpenCV INTER_LINEAR
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     model_name: str = ""
     top_k: int = 5  # classification: how many classes each result lists
     threshold: float | list[float] = 0.5  # multilabel: one value, or one per class
+    head: str = ""  # network head, one of HEADS[task]; "" = the task's first
+    outputs: list[str] = field(default_factory=list)  # names of the network's flat outputs, in order
+    decode: dict[str, Any] = field(default_factory=dict)  # detection: see DETECTION_DECODE_DEFAULTS
+    quantization: dict[str, Any] = field(default_factory=dict)  # e.g. {"mode": "int8-dynamic", ...}
     versions: dict[str, str] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)  # what the bundle was built from
 
@@ -52,6 +72,22 @@ class BundleMeta:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.head = self.head or HEADS[self.task][0]
+        if self.head not in HEADS[self.task]:
+            raise ModelError(f"bundle head must be one of {HEADS[self.task]} for task {self.task!r}, got {self.head!r}")
+        if self.task == "segmentation" and self.resize == "center_crop":
+            raise ModelError(
+                "a segmentation bundle cannot use the center_crop resize (parts of the frame would get no "
+                "mask); use squash (AutoTimm's) or letterbox"
+            )
+        if self.task == "detection":
+            unknown = sorted(set(self.decode) - set(DETECTION_DECODE_DEFAULTS))
+            if unknown:
+                raise ModelError(
+                    f"bundle decode has unknown fields {unknown}; expected {sorted(DETECTION_DECODE_DEFAULTS)}"
+                )
+            self.decode = {**DETECTION_DECODE_DEFAULTS, **self.decode}
+            self.decode["strides"] = [int(s) for s in self.decode["strides"]]
         if isinstance(self.threshold, list) and len(self.threshold) != len(self.class_names):
             raise ModelError(
                 f"bundle has {len(self.threshold)} thresholds for {len(self.class_names)} classes; "
@@ -72,6 +108,7 @@ class BundleMeta:
             resize=self.resize,
             crop_pct=self.crop_pct,
             interpolation=self.interpolation,
+            antialias=self.antialias,
             mean=self.mean,
             std=self.std,
         )
@@ -89,10 +126,10 @@ class BundleMeta:
         if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
             raise ModelError(f"{where}: metadata is not an {BUNDLE_FORMAT} document; re-export the bundle")
         version = doc.pop("bundle_version", None)
-        if version != BUNDLE_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ModelError(
-                f"{where}: bundle version {version!r} is not supported (this engine reads version "
-                f"{BUNDLE_VERSION}); re-export it with this version of autotimm-stream"
+                f"{where}: bundle version {version!r} is not supported (this engine reads versions "
+                f"{list(READABLE_VERSIONS)}); re-export it with this version of autotimm-stream"
             )
         doc.pop("format")
         known = set(cls.__dataclass_fields__)
@@ -103,62 +140,3 @@ class BundleMeta:
             return cls(**doc)
         except TypeError as exc:
             raise ModelError(f"{where}: incomplete metadata ({exc}); re-export the bundle") from None
-
-
-def save_bundle(module: torch.jit.ScriptModule, meta: BundleMeta, path: str | os.PathLike[str]) -> None:
-    """Write ``module`` with ``meta`` inside to ``path`` (atomically: a temp file, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.14 deprecates torch.jit.save
-            torch.jit.save(module, tmp, _extra_files={META_FILE: meta.to_json()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise ModelError(
-            f"model bundle {path!r} not found; expected a file made by `autotimm-stream export` (check model.path)"
-        )
-    if os.path.isdir(path):
-        raise ModelError(f"model bundle {path!r} is a folder; expected a bundle file made by `autotimm-stream export`")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"model bundle {path!r} is not a TorchScript archive; expected a file made by `autotimm-stream export`"
-        )
-
-
-def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
-    """Read a bundle's metadata without loading the network."""
-    path = os.fspath(path)
-    _check_file(path)
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if n.endswith(f"extra/{META_FILE}")]
-        if not names:
-            raise ModelError(
-                f"model bundle {path!r} has no autotimm-stream metadata (a plain TorchScript file?); "
-                "rebuild it with `autotimm-stream export`, which stores task, classes and preprocessing"
-            )
-        return BundleMeta.from_json(zf.read(names[0]), where=f"model bundle {path!r}")
-
-
-def load_bundle(
-    path: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[torch.jit.ScriptModule, BundleMeta]:
-    """Load a bundle's network (on ``device``, in eval mode) and its metadata."""
-    path = os.fspath(path)
-    meta = read_meta(path)
-    try:
-        with warnings.catch_warnings():
-            # torch 2.14 marks torch.jit.load deprecated; bundles stay TorchScript until the export format lands.
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            module = torch.jit.load(path, map_location=device)
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model bundle {path!r} cannot be loaded by torch ({first}); re-export it") from None
-    module.eval()
-    return module, meta

@@ -10,9 +10,10 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError, ModelError
-from .bundle import BundleMeta, save_bundle
+from .bundle import BundleMeta
+from .formats import FORMATS, save_bundle
 
-__all__ = ["export_module", "export_timm", "parse_classes"]
+__all__ = ["export_module", "export_timm", "parse_classes", "FlatOutputs"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,26 +37,64 @@ def parse_classes(spec: str | None, num_classes: int | None) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def export_module(model: torch.nn.Module, meta: BundleMeta, path: str | os.PathLike[str]) -> BundleMeta:
-    """Trace ``model`` (eval mode, CPU, fp32) on a dummy input and save it with ``meta``."""
-    model = model.eval().cpu().float()
+class FlatOutputs(torch.nn.Module):
+    """Wraps a network so it returns a flat tuple of tensors (lists of per-level maps flattened).
+
+    Tracing, ``torch.export`` and ONNX all want flat outputs; the bundle's ``outputs`` names them.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return flatten_outputs(self.model(x))
+
+
+def flatten_outputs(out: object) -> tuple[torch.Tensor, ...]:
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    flat: list[torch.Tensor] = []
+    for item in out:  # type: ignore[attr-defined]
+        if item is not None:
+            flat.extend(flatten_outputs(item))
+    return tuple(flat)
+
+
+def export_module(
+    model: torch.nn.Module, meta: BundleMeta, path: str | os.PathLike[str], fmt: str = "torchscript"
+) -> BundleMeta:
+    """Save ``model`` (eval mode, CPU, fp32) as a bundle of format ``fmt`` with ``meta`` inside.
+
+    The network is first run on a dummy batch of the bundle's input size and its outputs checked
+    against what the task and head promise, so a bundle that would fail at run time is never written.
+    """
+    from .runner import check_outputs
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    flat = FlatOutputs(model.eval().cpu().float()).eval()
     h, w = meta.input_size
     example = torch.zeros(2, 3, h, w)
-    with torch.inference_mode():
-        out = model(example)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if out.ndim != 2 or out.shape[1] != meta.num_classes:
-        raise ModelError(
-            f"the network outputs shape {tuple(out.shape)} but the bundle lists {meta.num_classes} classes; "
-            "expected [batch, num_classes]: make --classes match the head"
-        )
+    try:
+        with torch.inference_mode():
+            out = flat(example)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"the network fails on a [2, 3, {h}, {w}] input ({first}); try another --image-size") from None
+    problem = check_outputs(meta, out, 2)
+    if problem:
+        raise ModelError(f"{problem}; make --classes match the head")
     meta.versions = {"torch": torch.__version__, "autotimm_stream": __version__, **meta.versions}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example, check_trace=False)
-    save_bundle(traced, meta, path)
-    _logger.info("wrote %s (%s, %d classes)", path, meta.task, meta.num_classes)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            with torch.no_grad():
+                network = torch.jit.trace(flat, example, check_trace=False)
+    else:
+        network = flat
+    save_bundle(network, meta, path, fmt=fmt, example=example)
+    _logger.info("wrote %s (%s, %s, %d classes)", path, fmt, meta.task, meta.num_classes)
     return meta
 
 

@@ -1,21 +1,22 @@
 """Runs a bundle's network on one device: preprocessing, forward, warm-up.
 
-Device and precision are decided once, here. On the CPU the network is frozen and optimised for
-inference (constant-folded weights, fused conv+bn); on CUDA it can run in fp16 and channels_last.
+Device and precision are decided once, here. On the CPU a TorchScript network is frozen and
+optimised for inference (constant-folded weights, fused conv+bn); on CUDA it can run in fp16 and
+channels_last. Which format the bundle holds is :mod:`.formats`' business, not the runner's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelError
 from ..preprocess import preprocess_batch
-from .bundle import load_bundle
+from .bundle import BundleMeta
+from .formats import Network
 
 __all__ = ["ModelRunner", "resolve_device"]
 
@@ -66,19 +67,11 @@ class ModelRunner:
         self.channels_last = channels_last
         if threads:
             torch.set_num_threads(threads)
-        module, self.meta = load_bundle(path, self.device)
+        self.network = Network(path, self.device, fp16=fp16, channels_last=channels_last, optimize=optimize)
+        self.meta: BundleMeta = self.network.meta
+        self.format = self.network.format
+        self.dtype = self.network.input_dtype
         self.path = os.fspath(path)
-        if fp16:
-            module = module.half()
-        if channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        if optimize:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=FutureWarning)
-                module = torch.jit.freeze(module)
-                if self.device.type == "cpu":
-                    module = torch.jit.optimize_for_inference(module)
-        self.module = module
         self.spec = self.meta.preprocess_spec()
 
     @property
@@ -89,20 +82,22 @@ class ModelRunner:
         """uint8 RGB frames -> normalised model input on the device."""
         return preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's raw output for a preprocessed batch (float32)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network's raw outputs for a preprocessed batch (float32, on the device)."""
         with torch.inference_mode():
-            out = self.module(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.float()
+            out = self.network(x)
+        return tuple(o.float() for o in out)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,), iterations: int = 2) -> None:
-        """Run dummy batches so the first real frames do not pay for graph optimisation."""
+        """Run dummy batches so the first real frames do not pay for graph optimisation.
+
+        Also checks that the network's outputs are what the bundle's task and head promise, so a
+        mislabelled bundle fails here with a clear message rather than mid-stream.
+        """
         h, w = self.spec.size
         for b in batch_sizes:
             x = torch.zeros((b, 3, h, w), dtype=self.dtype, device=self.device)
@@ -117,9 +112,32 @@ class ModelRunner:
                     f"model bundle {self.path!r} fails on a [{b}, 3, {h}, {w}] input, the size its metadata "
                     f"declares ({first}); re-export it with the right --image-size"
                 ) from None
-            if out.ndim != 2 or out.shape[1] != self.meta.num_classes:
-                raise ModelError(
-                    f"model bundle {self.path!r} outputs shape {tuple(out.shape)} but lists "
-                    f"{self.meta.num_classes} classes; expected [batch, {self.meta.num_classes}]: re-export it"
-                )
+            problem = check_outputs(self.meta, out, b)
+            if problem:
+                raise ModelError(f"model bundle {self.path!r}: {problem}; re-export it")
         self.synchronize()
+
+
+def check_outputs(meta: BundleMeta, out: tuple[torch.Tensor, ...], batch: int) -> str | None:
+    """What is wrong with ``out`` as the raw output of ``meta``'s network on ``batch`` frames, or None."""
+    c = meta.num_classes
+    shapes = [tuple(o.shape) for o in out]
+    if meta.task in ("classification", "multilabel"):
+        if len(out) != 1 or shapes[0] != (batch, c):
+            return f"the network outputs {shapes} but the metadata expects one [{batch}, {c}] tensor ({c} classes)"
+    elif meta.task == "segmentation":
+        if len(out) != 1 or out[0].ndim != 4 or shapes[0][:2] != (batch, c):
+            return f"the network outputs {shapes} but the metadata expects one [{batch}, {c}, h, w] tensor of logits"
+    elif meta.task == "detection":
+        levels = len(meta.decode["strides"])
+        per_level = 3 if meta.head == "fcos" else 2
+        if len(out) != per_level * levels:
+            return (
+                f"the network has {len(out)} outputs but a {meta.head} head over strides "
+                f"{meta.decode['strides']} has {per_level * levels}"
+            )
+        for i, o in enumerate(out):
+            want = (c, 4, 1)[i // levels]
+            if o.ndim != 4 or o.shape[0] != batch or o.shape[1] != want:
+                return f"output {i} has shape {tuple(o.shape)}; expected [{batch}, {want}, h, w]"
+    return None

@@ -1,0 +1,303 @@
+"""Bundle formats: write a network with its metadata, read the metadata, load a callable network.
+
+Three formats, one contract: a loaded network is called with a ``[B, 3, H, W]`` tensor on its
+device and returns a tuple of tensors (the bundle's ``outputs``, in order). The rest of the engine
+never asks which format it got.
+
+- ``torchscript``: ``torch.jit`` archive. What users deploy today; frozen and optimised for
+  inference at load time. torch 2.14 marks ``torch.jit`` deprecated (FutureWarning), hence:
+- ``export``: a ``torch.export`` ExportedProgram (``.pt2``), the forward-looking format; batch
+  dimension dynamic.
+- ``onnx``: an ONNX model run by onnxruntime (CPU, or CUDA when its provider is present); the
+  only format that can carry int8 convolutions from dynamic quantization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+from .bundle import META_FILE, BundleMeta
+
+__all__ = ["FORMATS", "Network", "detect_format", "read_meta", "save_bundle", "load_bundle"]
+
+_logger = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "export", "onnx")
+ONNX_META_KEY = "autotimm_stream"
+MAX_EXPORT_BATCH = 256  # upper bound of the dynamic batch dimension in ``export`` bundles
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.14 deprecates torch.jit.*
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_file(path: str) -> None:
+    hint = "expected a file made by `autotimm-stream export`"
+    if not os.path.exists(path):
+        raise ModelError(f"model bundle {path!r} not found; {hint} (check model.path)")
+    if os.path.isdir(path):
+        raise ModelError(f"model bundle {path!r} is a folder; {hint}")
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Which of :data:`FORMATS` the file at ``path`` holds (by content, not by name)."""
+    path = os.fspath(path)
+    _check_file(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+            return "export"
+        if any(n.endswith("/data.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        raise ModelError(
+            f"model bundle {path!r} is a zip archive but neither TorchScript nor torch.export; "
+            "expected a file made by `autotimm-stream export`"
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    # ONNX files are protobuf ModelProto: field 1 (ir_version, varint) comes first: tag byte 0x08.
+    if head[:1] == b"\x08" and _looks_like_onnx(path):
+        return "onnx"
+    raise ModelError(
+        f"model bundle {path!r} is not a TorchScript, torch.export or ONNX file; "
+        "expected a file made by `autotimm-stream export`"
+    )
+
+
+def _looks_like_onnx(path: str) -> bool:
+    try:
+        import onnx
+    except ImportError:
+        return True  # cannot check without onnx; loading will say what is missing
+    try:
+        onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure means "not ONNX"
+        return False
+    return True
+
+
+def _no_meta(path: str) -> ModelError:
+    return ModelError(
+        f"model bundle {path!r} has no autotimm-stream metadata (a plain model file?); "
+        "rebuild it with `autotimm-stream export`, which stores task, classes and preprocessing"
+    )
+
+
+def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Read a bundle's metadata without loading the network."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    where = f"model bundle {path!r}"
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(path, load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if ONNX_META_KEY not in props:
+            raise _no_meta(path)
+        return BundleMeta.from_json(props[ONNX_META_KEY], where=where)
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith(f"extra/{META_FILE}")]
+        if not names:
+            raise _no_meta(path)
+        return BundleMeta.from_json(zf.read(names[0]), where=where)
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_bundle(
+    network: torch.nn.Module,
+    meta: BundleMeta,
+    path: str | os.PathLike[str],
+    fmt: str = "torchscript",
+    example: torch.Tensor | None = None,
+) -> None:
+    """Write ``network`` with ``meta`` inside to ``path``, atomically (temp file, then rename).
+
+    ``network`` is a ``torch.jit.ScriptModule`` for ``torchscript`` (saved as is), or an eager
+    module returning a tuple of tensors for ``export`` and ``onnx`` (exported here on ``example``,
+    batch dimension dynamic).
+    """
+    path = os.fspath(path)
+    if fmt not in FORMATS:
+        raise ModelError(f"bundle format must be one of {FORMATS}, got {fmt!r}")
+    text = meta.to_json()
+    if fmt == "torchscript":
+        if not isinstance(network, torch.jit.ScriptModule):
+            raise TypeError("save_bundle(fmt='torchscript') needs a torch.jit.ScriptModule; trace the network first")
+
+        def write(tmp: str) -> None:
+            with _quiet_jit():
+                torch.jit.save(network, tmp, _extra_files={META_FILE: text})
+
+        _atomic(path, write)
+        return
+    if example is None:
+        h, w = meta.input_size
+        example = torch.zeros(2, 3, h, w)
+    if fmt == "export":
+        batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+        with torch.no_grad():
+            program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
+        _atomic(path, lambda tmp: torch.export.save(program, tmp, extra_files={META_FILE: text}))
+        return
+    _atomic(path, lambda tmp: _save_onnx(network, example, meta, text, tmp))
+
+
+def _save_onnx(network: torch.nn.Module, example: torch.Tensor, meta: BundleMeta, text: str, path: str) -> None:
+    import onnx
+
+    names = meta.outputs or [f"output_{i}" for i in range(len(_as_tuple(network(example))))]
+    raw = f"{path}.raw.onnx"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                network,
+                (example,),
+                raw,
+                input_names=["input"],
+                output_names=names,
+                dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                opset_version=17,
+                dynamo=False,
+            )
+        model = onnx.load(raw)  # pulls in external data, if the exporter wrote any
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_META_KEY, text
+        onnx.save(model, path)  # one self-contained file
+    finally:
+        for leftover in (raw, f"{raw}.data"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    flat: list[torch.Tensor] = []
+    for item in out:
+        flat.extend(_as_tuple(item))
+    return tuple(flat)
+
+
+class Network:
+    """A bundle's network, loaded on a device: ``network(x) -> tuple of tensors``.
+
+    Args:
+        path: the bundle file.
+        device: where inputs live and outputs are returned.
+        fp16: half precision weights and inputs (CUDA).
+        channels_last: NHWC-strided weights (torch formats).
+        optimize: freeze and optimise TorchScript for inference.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: torch.device,
+        fp16: bool = False,
+        channels_last: bool = False,
+        optimize: bool = True,
+    ):
+        self.path = os.fspath(path)
+        self.format = detect_format(self.path)
+        self.meta = read_meta(self.path)
+        self.device = device
+        self.input_dtype = torch.float16 if fp16 else torch.float32
+        try:
+            self._call = getattr(self, f"_load_{self.format}")(fp16, channels_last, optimize)
+        except ModelError:
+            raise
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelError(
+                f"model bundle {self.path!r} ({self.format}) cannot be loaded ({_first_line(exc)}); re-export it"
+            ) from None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._call(x)
+
+    def _load_torchscript(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+        with _quiet_jit():
+            module = torch.jit.load(self.path, map_location=self.device).eval()
+            if fp16:
+                module = module.half()
+            if channels_last:
+                module = module.to(memory_format=torch.channels_last)
+            if optimize:
+                module = torch.jit.freeze(module)
+                if self.device.type == "cpu":
+                    module = torch.jit.optimize_for_inference(module)
+        return lambda x: _as_tuple(module(x))
+
+    def _load_export(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+        program = torch.export.load(self.path)
+        module = program.module().to(self.device)
+        if fp16:
+            module = module.half()
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return lambda x: _as_tuple(module(x))
+
+    def _load_onnx(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError(
+                f"model bundle {self.path!r} is ONNX, which needs onnxruntime; "
+                "install it (pip install 'autotimm-stream[onnx]') or export another --format"
+            ) from None
+        if fp16:
+            _logger.warning("fp16 is not applied to ONNX bundles; running the model as exported")
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
+        input_name = session.get_inputs()[0].name
+        device = self.device
+
+        def call(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            feed = {input_name: x.detach().float().contiguous().cpu().numpy()}
+            return tuple(torch.from_numpy(o).to(device) for o in session.run(None, feed))
+
+        self.input_dtype = torch.float32
+        return call
+
+
+def load_bundle(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", **kwargs: Any
+) -> tuple[Network, BundleMeta]:
+    """Load a bundle's network (on ``device``) and its metadata."""
+    net = Network(path, torch.device(device), **kwargs)
+    return net, net.meta

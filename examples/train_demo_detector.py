@@ -1,0 +1,650 @@
+"""Train the demo detector: a small AutoTimm ``ObjectDetector`` (FCOS) that finds shapes in generated frames.
+
+The engine's detection demo plays a generated clip (``write_clip(..., seed=7, dominant=False)``:
+three circles, squares or triangles moving over a textured background, 640x360, H.264). This script
+trains an AutoTimm ``ObjectDetector`` (FCOS head, timm backbone built with ``pretrained=False``) to
+find and name those shapes, saves a real Lightning checkpoint of it (what an AutoTimm user's
+``trainer.save_checkpoint`` writes) and a JSON report (same name, ``.json``) of how well it does on
+frames it has never seen:
+
+    python examples/train_demo_detector.py [--out-ckpt demo_out/demo_detector.ckpt] [--steps N] [--seed S]
+
+How it works:
+
+- Training frames are rendered by ``ShapeScene`` (1 to 5 shapes) at mixed sizes and aspect ratios
+  (320x240 ... 1280x720, square and portrait too), with random brightness/contrast, mirroring and
+  JPEG artefacts (a stand-in for the H.264 of the demo clip). The ground truth is each shape's
+  tight box, ``Shape.box()``.
+- Each frame becomes network input through the engine's own ``preprocess_batch`` with the
+  detection letterbox spec (long side to ``--image-size``, centred grey-114 padding, ImageNet
+  normalisation), and its boxes go through the same geometry (``plan``): the network trains on
+  exactly what the engine feeds it at inference. The inputs are cached (float16, ~1.2 GB for
+  3000 frames at 256 px) and drawn in random batches of 16.
+- Training is plain AutoTimm: ``ObjectDetector.training_step`` (focal + IoU + centerness losses)
+  under a Lightning ``Trainer`` on the CPU, AdamW with a one-cycle schedule. The checkpoint is
+  written by ``trainer.save_checkpoint(..., weights_only=True)``. ``compile_model=False``: on the
+  CPU torch.compile costs more than it saves here, so the state-dict keys are ``backbone.*``
+  rather than the ``backbone._orig_mod.*`` of a compiled model.
+- Evaluation (``evaluate``) takes any ``predict_fn(frames) -> [(boxes xyxy in frame pixels, scores,
+  labels)]``, so the same code can measure the checkpoint here and an exported bundle through the
+  engine. A detection is a true positive when it has the right class and IoU >= 0.5 with a
+  not-yet-matched ground-truth box (greedy, best score first); precision and recall are given at
+  ``--score-thresh`` and at a few other thresholds. Shapes mostly hidden behind later-drawn shapes
+  (visible box fraction < 0.5) are "ignore" objects: neither required nor counted as false
+  positives when found. Held-out frames: 30 scenes (seeds 100..129) x 8 frames, some at sizes never
+  used in training. The demo clip (seed 7) is never trained on; it is measured separately after its
+  H.264 round-trip, ground truth from a twin of its scene. The exit status is 1 below
+  ``--min-precision`` or ``--min-recall`` on the held-out frames.
+
+Seeds: held-out scenes use seeds 100..129, the demo clip seed 7, and training scenes
+``20_000 + 1_000_000 * S + i``: all disjoint. ``--seed S`` also seeds torch and numpy; torch is
+pinned to 2 threads because float reductions, and so the weights, can depend on the thread count.
+
+Cost on 2 CPU cores (measured, default settings): see the report's ``*_wall_time_s``; about
+COST_PLACEHOLDER.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+
+# Run from a checkout without installing the package: put the repository root on the path.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from autotimm_stream.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
+from autotimm_stream.synthetic import SHAPES, ShapeScene, write_clip  # noqa: E402
+
+BACKBONE = "test_resnet"
+CLASS_NAMES = list(SHAPES)
+FPN_CHANNELS = 64
+HEAD_NUM_CONVS = 2
+DEFAULT_OUT = REPO_ROOT / "demo_out" / "demo_detector.ckpt"
+
+# The demo clip (keep in step with autotimm_stream.demo): never trained on, only measured.
+DEMO_SEED = 7
+DEMO_CLIP = {"frames": 250, "width": 640, "height": 360, "fps": 25}
+HELDOUT_SEEDS = range(100, 130)  # 30 scenes x 8 frames = 240 held-out frames
+HELDOUT_FRAMES_PER_SCENE = 8
+HELDOUT_FRAME_STRIDE = 10
+TRAIN_SEED_BASE = 20_000
+TRAIN_SEED_STRIDE = 1_000_000  # per --seed, so different runs draw different training scenes
+
+# (width, height). Training covers landscape, square and portrait; the held-out list adds sizes
+# never seen in training.
+TRAIN_SIZES: tuple[tuple[int, int], ...] = (
+    (640, 360), (320, 240), (480, 480), (1280, 720), (360, 640), (800, 600), (640, 480), (960, 540),
+)  # fmt: skip
+HELDOUT_SIZES: tuple[tuple[int, int], ...] = (
+    (640, 360), (320, 240), (480, 480), (1280, 720), (1024, 768), (300, 300), (720, 1280), (854, 480),
+)  # fmt: skip
+TRAIN_SHAPES = (1, 5)  # shapes per training scene, inclusive range
+HELDOUT_SHAPES = 3
+
+POOL_SIZE = 48  # scenes alive at once while generating: consecutive frames mix many scenes
+USES_PER_SCENE = 12  # samples drawn from a scene before it is replaced by a fresh seed
+MAX_SKIP = 15  # frames advanced between two samples of a scene
+IMAGE_SIZE = 256
+DEFAULT_STEPS = 400
+DEFAULT_FRAMES = 3000
+BATCH_SIZE = 16
+GEN_CHUNK = 64
+LR = 2e-3  # peak of the one-cycle schedule
+WEIGHT_DECAY = 1e-4
+SCORE_THRESH = 0.3  # the score a detection must reach to count (and the bundle's default threshold)
+NMS_THRESH = 0.5
+SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
+IGNORE_VISIBLE_BELOW = 0.5  # ground truth this hidden by later shapes is optional
+TORCH_THREADS = 2
+
+Truth = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4] xyxy, labels [N], ignore [N] (bool)
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [M, 4] xyxy, scores [M], labels [M]
+
+
+def detection_spec(image_size: int) -> PreprocessSpec:
+    """What the engine feeds a detector: letterbox to a square input, ImageNet normalisation."""
+    return PreprocessSpec(size=(image_size, image_size), resize="letterbox", interpolation="bilinear")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def scene_truth(scene: ShapeScene) -> Truth:
+    """Boxes and labels of the scene's current frame; shapes mostly covered by later ones are "ignore"."""
+    boxes = np.array([s.box() for s in scene.shapes], dtype=np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, scene.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, scene.height)
+    labels = np.array([SHAPES.index(s.kind) for s in scene.shapes], dtype=np.int64)
+    ignore = np.zeros(len(boxes), dtype=bool)
+    for i in range(len(boxes) - 1):  # shapes are drawn in order: later ones cover earlier ones
+        x1, y1, x2, y2 = boxes[i].astype(int)
+        if x2 <= x1 or y2 <= y1:
+            ignore[i] = True
+            continue
+        covered = np.zeros((y2 - y1, x2 - x1), dtype=bool)
+        for bx1, by1, bx2, by2 in boxes[i + 1 :].astype(int):
+            covered[max(by1 - y1, 0) : max(by2 - y1, 0), max(bx1 - x1, 0) : max(bx2 - x1, 0)] = True
+        ignore[i] = 1.0 - covered.mean() < IGNORE_VISIBLE_BELOW
+    return boxes, labels, ignore
+
+
+def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Photometric noise the demo's footage may carry, and mirroring (boxes follow)."""
+    img = cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.6, 1.4)), beta=float(rng.uniform(-40, 40)))
+    if rng.random() < 0.5:  # a mirrored triangle still points up: every class survives
+        img = cv2.flip(img, 1)
+        w = img.shape[1]
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    if rng.random() < 0.5:  # compression artefacts stand in for the H.264 of the demo clip
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(img), boxes
+
+
+def to_input_boxes(boxes: np.ndarray, h: int, w: int, spec: PreprocessSpec) -> np.ndarray:
+    """Frame-pixel boxes -> network-input pixels, through the engine's letterbox geometry."""
+    geo = plan(h, w, spec)
+    (sy, sx), (pt, pl) = geo.scale, geo.pad
+    return boxes * np.array([sx, sy, sx, sy], dtype=np.float32) + np.array([pl, pt, pl, pt], dtype=np.float32)
+
+
+def to_frame_boxes(boxes: np.ndarray, h: int, w: int, spec: PreprocessSpec) -> np.ndarray:
+    """Network-input boxes -> frame pixels (the inverse of ``to_input_boxes``), clipped to the frame."""
+    geo = plan(h, w, spec)
+    (sy, sx), (pt, pl) = geo.scale, geo.pad
+    out = (boxes - np.array([pl, pt, pl, pt], dtype=np.float32)) / np.array([sx, sy, sx, sy], dtype=np.float32)
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out
+
+
+class TrainFrames:
+    """An endless, seeded stream of (augmented frame, boxes, labels) from a rotating pool of scenes."""
+
+    def __init__(self, rng: np.random.Generator, first_seed: int) -> None:
+        self.rng = rng
+        self.first_seed = self.next_seed = first_seed
+        self.pool = [self._new_scene() for _ in range(POOL_SIZE)]
+        self.uses = [0] * POOL_SIZE
+
+    def _new_scene(self) -> ShapeScene:
+        seed = self.next_seed
+        self.next_seed += 1
+        if seed == DEMO_SEED or seed in HELDOUT_SEEDS:
+            raise AssertionError(f"training seed {seed} collides with a held-out or demo seed")
+        w, h = TRAIN_SIZES[int(self.rng.integers(len(TRAIN_SIZES)))]
+        n = int(self.rng.integers(TRAIN_SHAPES[0], TRAIN_SHAPES[1] + 1))
+        return ShapeScene(w, h, seed=seed, n_shapes=n)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = int(self.rng.integers(POOL_SIZE))
+        scene = self.pool[i]
+        for _ in range(int(self.rng.integers(1, MAX_SKIP + 1))):
+            scene.step()
+        boxes, labels, ignore = scene_truth(scene)
+        # Train on every shape, even a mostly hidden one: its visible part still says where it is.
+        img, boxes = augment(scene.render(), boxes, self.rng)
+        self.uses[i] += 1
+        if self.uses[i] >= USES_PER_SCENE:
+            self.pool[i], self.uses[i] = self._new_scene(), 0
+        return img, boxes, labels
+
+    @property
+    def scenes_used(self) -> int:
+        return self.next_seed - self.first_seed
+
+
+def build_dataset(
+    spec: PreprocessSpec, n: int, seed: int
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """``n`` cached network inputs (float16), made by the engine's ``preprocess_batch``, and their targets."""
+    stream = TrainFrames(np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed)
+    h, w = spec.size
+    x = torch.empty((n, 3, h, w), dtype=torch.float16)
+    all_boxes: list[torch.Tensor] = []
+    all_labels: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for done in range(0, n, GEN_CHUNK):
+        samples = [stream.sample() for _ in range(min(GEN_CHUNK, n - done))]
+        frames = [s[0] for s in samples]
+        x[done : done + len(frames)] = preprocess_batch(frames, spec).half()
+        for img, boxes, labels in samples:
+            all_boxes.append(torch.from_numpy(to_input_boxes(boxes, img.shape[0], img.shape[1], spec)))
+            all_labels.append(torch.from_numpy(labels))
+        if (done // GEN_CHUNK) % 10 == 9 or done + GEN_CHUNK >= n:
+            print(f"frames {done + len(frames):5d}/{n}  {time.perf_counter() - start:6.1f}s", flush=True)
+    counts = torch.bincount(torch.cat(all_labels), minlength=len(SHAPES)).tolist()
+    print(f"{stream.scenes_used} training scenes; objects per class {counts}", flush=True)
+    return x, all_boxes, all_labels
+
+
+# --------------------------------------------------------------------------- model and training
+
+
+def build_model(seed: int, steps: int):
+    from autotimm import FeatureBackboneConfig, ObjectDetector
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        return ObjectDetector(
+            backbone=FeatureBackboneConfig(model_name=BACKBONE, pretrained=False),
+            num_classes=len(CLASS_NAMES),
+            detection_arch="fcos",
+            metrics=[],  # the default mAP metric needs pycocotools; evaluation is done here
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            scheduler="onecycle",
+            scheduler_kwargs={"max_lr": LR, "total_steps": steps, "pct_start": max(0.1, 3 / steps)},
+            fpn_channels=FPN_CHANNELS,
+            head_num_convs=HEAD_NUM_CONVS,
+            score_thresh=SCORE_THRESH,
+            nms_thresh=NMS_THRESH,
+            compile_model=False,
+            seed=seed,
+            deterministic=True,
+        )
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+        self.x, self.boxes, self.labels = x, boxes, labels
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, idx: list[int]) -> dict[str, object]:
+        """The batch ``ObjectDetector.training_step`` expects."""
+        t = torch.tensor(idx)
+        return {
+            "image": self.x[t].float(),
+            "boxes": [self.boxes[i] for i in idx],
+            "labels": [self.labels[i] for i in idx],
+        }
+
+
+def train(model, x, boxes, labels, steps: int, batch_size: int, seed: int):
+    """Fit ``model`` with a Lightning Trainer; returns the trainer (to save the checkpoint)."""
+    import pytorch_lightning as pl
+
+    data = _Batches(x, boxes, labels)
+    sampler = torch.utils.data.RandomSampler(
+        data, replacement=True, num_samples=steps * batch_size, generator=torch.Generator().manual_seed(seed)
+    )
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, sampler=sampler, collate_fn=data.collate, num_workers=0
+    )
+
+    class Progress(pl.Callback):
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.sums: dict[str, float] = {}
+            self.n = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            for k in ("train/loss", "train/cls_loss", "train/reg_loss", "train/centerness_loss"):
+                if k in trainer.callback_metrics:
+                    self.sums[k] = self.sums.get(k, 0.0) + float(trainer.callback_metrics[k])
+            self.n += 1
+            step = trainer.global_step
+            if step % 25 == 0 or step == steps:
+                avg = "  ".join(f"{k.split('/')[1]} {v / self.n:.3f}" for k, v in self.sums.items())
+                lr = trainer.optimizers[0].param_groups[0]["lr"]
+                print(f"step {step:4d}/{steps}  {avg}  lr {lr:.2e}  {time.perf_counter() - self.start:6.1f}s", flush=True)
+                self.sums, self.n = {}, 0
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        gradient_clip_val=10.0,
+        callbacks=[Progress()],
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|LeafSpec).*")
+        trainer.fit(model, train_dataloaders=loader)
+    return trainer
+
+
+def checkpoint_predictor(model, spec: PreprocessSpec, batch: int = 32) -> Callable[[Sequence[np.ndarray]], list]:
+    """``predict_fn`` for ``evaluate``: the trained module, the engine's preprocessing, FCOS decoding."""
+    from autotimm.tasks._fcos_targets import decode_fcos_detections
+
+    model.eval()  # AutoTimm's predict() does not switch to eval: BatchNorm must use its running stats
+
+    def predict_fn(frames: Sequence[np.ndarray]) -> list[Detections]:
+        out: list[Detections] = []
+        for i in range(0, len(frames), batch):
+            chunk = list(frames[i : i + batch])
+            x = preprocess_batch(chunk, spec)
+            with torch.inference_mode():
+                cls, reg, ctr = model(x)
+                dets = decode_fcos_detections(
+                    cls, reg, ctr, model.strides, model.num_classes, tuple(x.shape[-2:]),
+                    0.05, model.nms_thresh, model.max_detections_per_image,
+                )  # fmt: skip
+            for img, d in zip(chunk, dets, strict=True):
+                b = to_frame_boxes(d["boxes"].numpy(), img.shape[0], img.shape[1], spec)
+                out.append((b, d["scores"].numpy(), d["labels"].numpy()))
+        return out
+
+    return predict_fn
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of xyxy boxes."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_frame(det: Detections, truth: Truth, score_thresh: float, iou_thresh: float) -> tuple[int, int, int]:
+    """(true positives, false positives, required ground truth) for one frame.
+
+    Greedy, best score first: a detection matches the unmatched ground-truth box of its class
+    with the highest IoU (>= ``iou_thresh``). Matching an "ignore" box is neither a hit nor a
+    false positive; ignore boxes are not required.
+    """
+    boxes, scores, labels = det
+    gt_boxes, gt_labels, ignore = truth
+    keep = scores >= score_thresh
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    order = np.argsort(-scores, kind="stable")
+    iou = box_iou(boxes[order], gt_boxes) if len(gt_boxes) and len(boxes) else np.zeros((len(boxes), len(gt_boxes)))
+    used = np.zeros(len(gt_boxes), dtype=bool)
+    tp = fp = 0
+    for row, d in enumerate(order):
+        cand = np.where((gt_labels == labels[d]) & ~used & (iou[row] >= iou_thresh))[0]
+        if len(cand) == 0:
+            fp += 1
+            continue
+        # prefer a required box over an ignore box, then the higher IoU
+        g = cand[np.lexsort((-iou[row, cand], ignore[cand]))[0]]
+        used[g] = True
+        tp += int(not ignore[g])
+    return tp, fp, int((~ignore).sum())
+
+
+def evaluate(
+    predict_fn: Callable[[Sequence[np.ndarray]], list[Detections]],
+    frames: Sequence[np.ndarray],
+    truths: Sequence[Truth],
+    score_thresh: float = SCORE_THRESH,
+    iou_thresh: float = 0.5,
+    sweep: Sequence[float] = SWEEP,
+) -> dict[str, object]:
+    """Precision and recall at IoU ``iou_thresh`` of ``predict_fn`` on ``frames``.
+
+    ``predict_fn`` maps a list of uint8 RGB frames to one ``(boxes xyxy in frame pixels, scores,
+    labels)`` per frame (numpy). It may return detections below ``score_thresh``: they are dropped
+    here, so one prediction pass serves the whole ``sweep`` of thresholds.
+    """
+    dets = predict_fn(frames)
+    if len(dets) != len(frames):
+        raise ValueError(f"predict_fn returned {len(dets)} results for {len(frames)} frames")
+
+    def at(t: float) -> dict[str, float | int]:
+        tp = fp = req = 0
+        for d, g in zip(dets, truths, strict=True):
+            a, b, c = match_frame(d, g, t, iou_thresh)
+            tp, fp, req = tp + a, fp + b, req + c
+        return {
+            "precision": round(tp / max(tp + fp, 1), 4),
+            "recall": round(tp / max(req, 1), 4),
+            "true_positives": tp,
+            "false_positives": fp,
+            "missed": req - tp,
+        }
+
+    per_class = {}
+    for k, name in enumerate(CLASS_NAMES):
+        only = [(b[l == k], s[l == k], l[l == k]) for b, s, l in dets]
+        gts = [(b[l == k], l[l == k], ig[l == k]) for b, l, ig in truths]
+        tp = fp = req = 0
+        for d, g in zip(only, gts, strict=True):
+            a, b_, c = match_frame(d, g, score_thresh, iou_thresh)
+            tp, fp, req = tp + a, fp + b_, req + c
+        per_class[name] = {"precision": round(tp / max(tp + fp, 1), 4), "recall": round(tp / max(req, 1), 4)}
+    main = at(score_thresh)
+    return {
+        "frames": len(frames),
+        "objects": int(sum((~g[2]).sum() for g in truths)),
+        "ignored_objects": int(sum(g[2].sum() for g in truths)),
+        "score_thresh": score_thresh,
+        "iou_thresh": iou_thresh,
+        **main,
+        "per_class": per_class,
+        "by_score_thresh": {str(t): at(t) for t in sweep},
+    }
+
+
+def heldout_set() -> tuple[list[np.ndarray], list[Truth]]:
+    """Frames of scenes never trained on (seeds ``HELDOUT_SEEDS``), some at sizes never trained on."""
+    frames, truths = [], []
+    for k, seed in enumerate(HELDOUT_SEEDS):
+        w, h = HELDOUT_SIZES[k % len(HELDOUT_SIZES)]
+        scene = ShapeScene(w, h, seed=seed, n_shapes=HELDOUT_SHAPES)
+        for _ in range(HELDOUT_FRAMES_PER_SCENE):
+            frames.append(scene.render())
+            truths.append(scene_truth(scene))
+            for _ in range(HELDOUT_FRAME_STRIDE):
+                scene.step()
+    return frames, truths
+
+
+def demo_clip_set() -> tuple[list[np.ndarray], list[Truth]]:
+    """The demo clip's frames after the H.264 round-trip, ground truth from a twin of its scene."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_clip(os.path.join(tmp, "demo.mp4"), **DEMO_CLIP, seed=DEMO_SEED, dominant=False)
+        with av.open(path) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    # write_clip renders with the default scene arguments, so a twin scene replays its ground truth.
+    twin = ShapeScene(DEMO_CLIP["width"], DEMO_CLIP["height"], seed=DEMO_SEED, dominant=False)
+    truths = []
+    for _ in frames:
+        truths.append(scene_truth(twin))
+        twin.step()
+    return frames, truths
+
+
+def bundle_predictor(path: Path) -> Callable[[Sequence[np.ndarray]], list[Detections]] | None:
+    """``predict_fn`` through the engine (``ModelRunner`` + its detection postprocessing), when it can."""
+    from autotimm_stream.runtime.runner import ModelRunner
+
+    runner = ModelRunner(path)
+    try:
+        from autotimm_stream.postprocess import Postprocessor
+    except ImportError:
+        return None
+    post = Postprocessor(runner.meta, threshold=0.05)
+
+    def predict_fn(frames: Sequence[np.ndarray]) -> list[Detections]:
+        out: list[Detections] = []
+        for i in range(0, len(frames), 32):
+            chunk = list(frames[i : i + 32])
+            raw = runner.forward(runner.preprocess(chunk))
+            preds = post(raw, [f.shape[:2] for f in chunk]) if _takes_sizes(post) else post(raw)
+            for per_frame in preds:
+                boxes = np.array([p.box for p in per_frame], dtype=np.float32).reshape(-1, 4)
+                scores = np.array([p.score for p in per_frame], dtype=np.float32)
+                labels = np.array([p.class_id for p in per_frame], dtype=np.int64)
+                out.append((boxes, scores, labels))
+        return out
+
+    return predict_fn
+
+
+def _takes_sizes(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
+
+
+def try_bundle(ckpt: Path, frames_sets: dict[str, tuple[list, list]]) -> dict[str, object]:
+    """Export the checkpoint with the engine's ``export_checkpoint`` and evaluate the bundle, if available."""
+    try:
+        from autotimm_stream.runtime.checkpoint import export_checkpoint  # type: ignore[import-not-found]
+    except ImportError:
+        return {"bundle": "skipped: autotimm_stream.runtime.checkpoint.export_checkpoint not available"}
+    bundle = ckpt.with_suffix(".pt")
+    try:
+        export_checkpoint(ckpt, bundle)
+        predict_fn = bundle_predictor(bundle)
+        if predict_fn is None:
+            return {"bundle": str(bundle), "bundle_bytes": bundle.stat().st_size, "bundle_eval": "skipped"}
+        res: dict[str, object] = {"bundle": str(bundle), "bundle_bytes": bundle.stat().st_size}
+        for name, (frames, truths) in frames_sets.items():
+            res[f"bundle_{name}"] = evaluate(predict_fn, frames, truths)
+        return res
+    except Exception as exc:  # the engine side is work in progress: report, do not fail the training
+        return {"bundle": f"failed: {type(exc).__name__}: {exc}"}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out-ckpt", type=Path, default=DEFAULT_OUT, help="checkpoint to write (a .json report goes next to it)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"cached training frames (default {DEFAULT_FRAMES})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"frames per step (default {BATCH_SIZE})")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help=f"square network input side (default {IMAGE_SIZE})")
+    p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the choice of training scenes")
+    p.add_argument("--score-thresh", type=float, default=SCORE_THRESH, help=f"score a detection must reach (default {SCORE_THRESH})")
+    p.add_argument("--min-precision", type=float, default=0.9, help="exit with status 1 below this held-out precision")
+    p.add_argument("--min-recall", type=float, default=0.9, help="exit with status 1 below this held-out recall")
+    p.add_argument("--no-bundle", action="store_true", help="do not try to export and evaluate a bundle")
+    args = p.parse_args(argv)
+    if args.steps < 6 or args.batch_size < 1 or args.frames < 1 or args.seed < 0 or args.image_size < 32:
+        p.error("--steps must be >= 6, --frames and --batch-size positive, --seed non-negative, --image-size >= 32")
+    if args.image_size % 32:
+        p.error("--image-size must be a multiple of 32 (the backbone's deepest stride)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(TORCH_THREADS)
+    spec = detection_spec(args.image_size)
+
+    t0 = time.perf_counter()
+    x, boxes, labels = build_dataset(spec, args.frames, args.seed)
+    data_wall = time.perf_counter() - t0
+
+    model = build_model(args.seed, args.steps)
+    torch.set_num_threads(TORCH_THREADS)  # seed_everything may touch torch settings; keep the count fixed
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{BACKBONE} FCOS: {n_params / 1e6:.2f}M parameters, input {spec.size}", flush=True)
+    t1 = time.perf_counter()
+    trainer = train(model, x, boxes, labels, args.steps, args.batch_size, args.seed)
+    fit_wall = time.perf_counter() - t1
+    del x, boxes, labels
+
+    args.out_ckpt.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(args.out_ckpt, weights_only=True)
+
+    t2 = time.perf_counter()
+    predict_fn = checkpoint_predictor(model, spec)
+    sets = {"heldout": heldout_set(), "demo_clip": demo_clip_set()}
+    results = {name: evaluate(predict_fn, f, g, score_thresh=args.score_thresh) for name, (f, g) in sets.items()}
+    eval_wall = time.perf_counter() - t2
+    bundle = {} if args.no_bundle else try_bundle(args.out_ckpt, sets)
+
+    import pytorch_lightning as pl
+    import timm
+
+    import autotimm
+
+    report = {
+        "checkpoint": str(args.out_ckpt),
+        "checkpoint_bytes": args.out_ckpt.stat().st_size,
+        "task": "detection",
+        "detection_arch": "fcos",
+        "backbone": BACKBONE,
+        "fpn_channels": FPN_CHANNELS,
+        "head_num_convs": HEAD_NUM_CONVS,
+        "parameters": n_params,
+        "class_names": CLASS_NAMES,
+        "image_size": args.image_size,
+        "preprocess": {"resize": spec.resize, "interpolation": spec.interpolation, "mean": spec.mean, "std": spec.std},
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "train_frames": args.frames,
+        "lr": LR,
+        "data_wall_time_s": round(data_wall, 1),
+        "fit_wall_time_s": round(fit_wall, 1),
+        "train_wall_time_s": round(data_wall + fit_wall, 1),  # data generation + optimisation
+        "eval_wall_time_s": round(eval_wall, 1),
+        "torch_threads": TORCH_THREADS,
+        "heldout_seeds": [HELDOUT_SEEDS.start, HELDOUT_SEEDS.stop - 1],
+        "demo_seed": DEMO_SEED,
+        "heldout": results["heldout"],
+        "demo_clip": results["demo_clip"],
+        **bundle,
+        "versions": {
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "autotimm": getattr(autotimm, "__version__", "?"),
+            "pytorch_lightning": pl.__version__,
+        },
+    }
+    report_path = args.out_ckpt.with_suffix(".json")
+    report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
+    h, d = results["heldout"], results["demo_clip"]
+    print(
+        f"held-out: precision {h['precision']} recall {h['recall']} ({h['frames']} frames, {h['objects']} objects); "
+        f"demo clip: precision {d['precision']} recall {d['recall']} ({d['frames']} frames) at score >= {args.score_thresh}"
+    )
+    print(f"wrote {args.out_ckpt} ({report['checkpoint_bytes'] / 1e6:.2f} MB) and {report_path}")
+
+    failed = []
+    if h["precision"] < args.min_precision:  # type: ignore[operator]
+        failed.append(f"precision {h['precision']} < {args.min_precision}")
+    if h["recall"] < args.min_recall:  # type: ignore[operator]
+        failed.append(f"recall {h['recall']} < {args.min_recall}")
+    if failed:
+        print("held-out " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
