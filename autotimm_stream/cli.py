@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from . import __version__
-from .errors import StreamError
+from .errors import ConfigError, StreamError
 
 __all__ = ["main"]
 
@@ -160,14 +160,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- export / info / listen ---------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    from .runtime.export import export_timm, parse_classes
+    if bool(args.checkpoint) == bool(args.timm):
+        raise ConfigError("export needs a CHECKPOINT (an AutoTimm .ckpt) or --timm NAME, not both and not neither")
+    if args.checkpoint:
+        from .runtime.checkpoint import export_checkpoint
 
-    names = parse_classes(args.classes, args.num_classes)
-    meta = export_timm(args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k)
+        meta = export_checkpoint(
+            args.checkpoint,
+            args.output,
+            image_size=args.image_size,
+            classes=args.classes,
+            fmt=args.format,
+            quantize=args.quantize,
+            top_k=args.top_k,
+        )
+        note = f"from {meta.origin.get('class')} (sha256 {meta.origin.get('sha256', '')[:12]})"
+        if meta.quantization:
+            note += f"; {meta.quantization.get('mode')}: {meta.quantization.get('summary', '')}"
+    else:
+        from .runtime.export import export_timm, parse_classes
+
+        if args.quantize:
+            raise ConfigError("--quantize applies to checkpoint exports; train the model with AutoTimm first")
+        names = parse_classes(args.classes, args.num_classes)
+        meta = export_timm(
+            args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k, fmt=args.format
+        )
+        note = "weights are random (pretrained=False) unless you trained them"
     print(
-        f"wrote {args.output}: {meta.model_name}, {meta.task}, {meta.num_classes} classes, "
-        f"input {meta.input_size[1]}x{meta.input_size[0]} ({meta.resize}, {meta.interpolation}); "
-        "weights are random (pretrained=False) unless you trained them",
+        f"wrote {args.output} ({args.format}): {meta.model_name}, {meta.task}/{meta.head}, {meta.num_classes} classes, "
+        f"input {meta.input_size[1]}x{meta.input_size[0]} ({meta.resize}, {meta.interpolation}); {note}",
         file=sys.stderr,
     )
     return 0
@@ -233,13 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("export", help="build a model bundle from a timm model name")
-    e.add_argument("--timm", required=True, metavar="NAME", help="timm model name (built with pretrained=False)")
+    e = sub.add_parser("export", help="build a model bundle from an AutoTimm checkpoint (or a timm model name)")
+    e.add_argument("checkpoint", nargs="?", help="AutoTimm/Lightning .ckpt file (needs the autotimm extra)")
+    e.add_argument("--timm", metavar="NAME", help="instead of a checkpoint: a timm model name (pretrained=False)")
     e.add_argument("-o", "--output", required=True, help="bundle file to write")
-    e.add_argument("--classes", help="class names: 'a,b,c' or a file with one per line")
-    e.add_argument("--num-classes", type=int, help="number of classes when no names are given")
-    e.add_argument("--task", choices=("classification", "multilabel"), default="classification")
-    e.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    e.add_argument("--classes", help="class names: 'a,b,c' or a file with one per line (default class_0..)")
+    e.add_argument("--num-classes", type=int, help="--timm: number of classes when no names are given")
+    e.add_argument("--task", choices=("classification", "multilabel"), default="classification", help="--timm only")
+    e.add_argument("--image-size", type=int, help="input size (default: the checkpoint's, else the task's)")
+    e.add_argument("--format", choices=("torchscript", "export", "onnx"), default="torchscript")
+    e.add_argument(
+        "--quantize", choices=("int8",), help="dynamic int8 quantization for the CPU (reports accuracy change)"
+    )
     e.add_argument("--top-k", type=int, default=5)
     e.set_defaults(func=cmd_export)
 

@@ -108,6 +108,7 @@ def export_timm(
     state_dict: dict[str, torch.Tensor] | None = None,
     top_k: int = 5,
     threshold: float = 0.5,
+    fmt: str = "torchscript",
 ) -> BundleMeta:
     """Build a bundle from a timm model name (``pretrained=False``; weights from ``state_dict`` if given)."""
     import timm
@@ -144,4 +145,4 @@ def export_timm(
         versions={"timm": timm.__version__},
         origin={"kind": "timm", "name": model_name, "pretrained": False},
     )
-    return export_module(model, meta, path)
+    return export_module(model, meta, path, fmt=fmt)
