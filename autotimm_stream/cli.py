@@ -203,6 +203,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_line(header: dict[str, Any]) -> str:
+    """The gist of a result message: top classes, objects, or the largest mask classes."""
+    if "detections" in header:
+        dets = header["detections"]
+        shown = ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets[:4])
+        return f"{len(dets)} objects" + (f": {shown}" if shown else "")
+    if "class_fractions" in header:
+        ranked = sorted(header["class_fractions"], key=lambda c: -c["fraction"])[:3]
+        return ", ".join(f"{c['label']} {c['fraction'] * 100:.1f}%" for c in ranked)
+    return ", ".join(f"{c['label']} {c['score']:.2f}" for c in header.get("classes", [])[:3])
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     import zmq
 
@@ -224,9 +236,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"topic": topic, **header}), flush=True)
             else:
-                classes = ", ".join(f"{c['label']} {c['score']:.2f}" for c in header.get("classes", [])[:3])
-                idx = header.get("frame_index", "")
-                print(f"{topic} #{idx} {classes}".rstrip(), flush=True)
+                print(f"{topic} #{header.get('frame_index', '')} {_summary_line(header)}".rstrip(), flush=True)
     except KeyboardInterrupt:
         return 0
     finally:

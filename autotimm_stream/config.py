@@ -45,7 +45,12 @@ class ModelConfig(_Strict):
     channels_last: bool = False
     threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; null = torch default")
     top_k: int | None = Field(None, ge=1, description="classification: classes per result; null = bundle's")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="multilabel: override the bundle's threshold")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="multilabel: class threshold; detection: score threshold; null = bundle's",
+    )
 
 
 class BatchingConfig(_Strict):

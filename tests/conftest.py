@@ -77,6 +77,26 @@ def bundle(media: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def det_bundle(media: Path) -> Path:
+    """An FCOS-shaped detection bundle (random weights, letterbox 128) that finds boxes everywhere."""
+    from .tiny_nets import export_tiny_detector
+
+    path = media / "detector.pt"
+    export_tiny_detector(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seg_bundle(media: Path) -> Path:
+    """A segmentation bundle (random weights, squash 96, 4 classes, logits at 1/4)."""
+    from .tiny_nets import export_tiny_segmentor
+
+    path = media / "segmentor.pt"
+    export_tiny_segmentor(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def multilabel_bundle(media: Path) -> Path:
     import torch
 

@@ -5,8 +5,8 @@ import torch
 
 from autotimm_stream.errors import ModelError
 from autotimm_stream.runtime.bundle import BundleMeta
-from autotimm_stream.runtime.formats import read_meta, save_bundle
 from autotimm_stream.runtime.export import parse_classes
+from autotimm_stream.runtime.formats import read_meta, save_bundle
 from autotimm_stream.runtime.runner import ModelRunner
 
 from .conftest import CLASSES, rng_frames

@@ -1,8 +1,9 @@
 """Publishes results on a ZeroMQ PUB-compatible socket, never blocking the pipeline.
 
-Wire format (schema 1): multipart ``[topic, header]``; ``topic`` is ``<task>/<source_id>`` (or
-``eos/<source_id>`` after a source's last result), ``header`` a UTF-8 JSON object with a
-``schema`` field. See ``docs/protocol.md``.
+Wire format (schema 1): multipart ``[topic, header, payload...]``; ``topic`` is
+``<task>/<source_id>`` (or ``eos/<source_id>`` after a source's last result), ``header`` a UTF-8
+JSON object with a ``schema`` field. Segmentation results add one payload frame, the class map
+(raw ``uint8``, row-major, shape and encoding in ``header["mask"]``). See ``docs/protocol.md``.
 
 The socket is an XPUB with ``XPUB_NODROP``: a send that would exceed the high-water mark fails
 at once instead of dropping silently, so every lost message is counted. ``wait_subscribers``
@@ -17,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import zmq
 
 from ..errors import SinkError
@@ -91,10 +93,11 @@ class ZmqSink(Sink):
             if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
                 seen += 1
 
-    def _send(self, topic: str, header: dict[str, Any]) -> None:
+    def _send(self, topic: str, header: dict[str, Any], *payload: Any) -> None:
         assert self._sock is not None
+        parts = [topic.encode(), json.dumps(header, separators=(",", ":")).encode(), *payload]
         try:
-            self._sock.send_multipart([topic.encode(), json.dumps(header, separators=(",", ":")).encode()], zmq.NOBLOCK)
+            self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
             self.sent += 1
         except zmq.Again:
             self.dropped += 1
@@ -112,7 +115,12 @@ class ZmqSink(Sink):
                 "publish_ns": publish_ns,
                 "latency_ms": round((publish_ns - r.frame.capture_ns) / 1e6, 3),
             }
-            self._send(f"{r.task}/{r.source_id}", header)
+            if r.mask is None:
+                self._send(f"{r.task}/{r.source_id}", header)
+                continue
+            mask = np.ascontiguousarray(r.mask)
+            header["mask"] = {"encoding": "raw", "dtype": str(mask.dtype), "shape": list(mask.shape), "frame": 2}
+            self._send(f"{r.task}/{r.source_id}", header, memoryview(mask).cast("B"))
 
     def end_of_stream(self, eos: EndOfStream) -> None:
         self._send(
