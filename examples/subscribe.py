@@ -2,8 +2,9 @@
 
     python examples/subscribe.py [tcp://127.0.0.1:5555] [--topic classification/]
 
-Messages are multipart ``[topic, header JSON]`` (see docs/protocol.md). Start it before or while
-the engine runs; it exits after every source has sent its ``eos/<source_id>`` message.
+Messages are multipart ``[topic, header JSON, payload...]`` (see docs/protocol.md); segmentation
+messages carry the class map as a third frame, decoded here with numpy. Start it before or while
+the engine runs; it exits when nothing arrives for ``--timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -11,7 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import zmq
+
+
+def describe(msg: dict, payload: list[bytes]) -> str:
+    """One phrase per task: best class, objects found, or the mask's classes."""
+    if "detections" in msg:
+        return f"{len(msg['detections'])} objects " + " ".join(
+            f"{d['label']}@{[round(v) for v in d['box']]}" for d in msg["detections"][:3]
+        )
+    if "mask" in msg:
+        spec = msg["mask"]
+        mask = np.frombuffer(payload[0], dtype=spec["dtype"]).reshape(spec["shape"])
+        ids, counts = np.unique(mask, return_counts=True)
+        return f"mask {mask.shape[1]}x{mask.shape[0]} " + " ".join(f"{i}:{c / mask.size:.0%}" for i, c in zip(ids, counts))
+    best = msg["classes"][0] if msg["classes"] else None
+    return f"{best['label']} {best['score']:.2f}" if best else "-"
 
 
 def main() -> int:
@@ -29,15 +46,14 @@ def main() -> int:
     sock.connect(args.endpoint)
     try:
         while sock.poll(int(args.timeout * 1000)):
-            topic, header = sock.recv_multipart()[:2]
+            topic, header, *payload = sock.recv_multipart()
             msg = json.loads(header)
             if topic.startswith(b"eos/"):
                 print(f"{topic.decode()}: {msg['frames']} frames ({msg['reason']})")
                 continue
-            best = msg["classes"][0] if msg["classes"] else None
-            label = f"{best['label']} {best['score']:.2f}" if best else "-"
             print(
-                f"{topic.decode()} #{msg['frame_index']} t={msg['pts'] or 0:.2f}s {label} latency={msg['latency_ms']:.0f}ms"
+                f"{topic.decode()} #{msg['frame_index']} t={msg['pts'] or 0:.2f}s {describe(msg, payload)} "
+                f"latency={msg['latency_ms']:.0f}ms"
             )
         print(f"nothing received for {args.timeout:.0f} s; bye")
     except KeyboardInterrupt:
