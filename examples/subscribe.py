@@ -26,7 +26,9 @@ def describe(msg: dict, payload: list[bytes]) -> str:
         spec = msg["mask"]
         mask = np.frombuffer(payload[0], dtype=spec["dtype"]).reshape(spec["shape"])
         ids, counts = np.unique(mask, return_counts=True)
-        return f"mask {mask.shape[1]}x{mask.shape[0]} " + " ".join(f"{i}:{c / mask.size:.0%}" for i, c in zip(ids, counts))
+        return f"mask {mask.shape[1]}x{mask.shape[0]} " + " ".join(
+            f"{i}:{c / mask.size:.0%}" for i, c in zip(ids, counts)
+        )
     best = msg["classes"][0] if msg["classes"] else None
     return f"{best['label']} {best['score']:.2f}" if best else "-"
 

@@ -56,8 +56,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from autotimm_stream.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
-from autotimm_stream.runtime.formats import read_meta  # noqa: E402
 from autotimm_stream.runtime.export import export_timm  # noqa: E402
+from autotimm_stream.runtime.formats import read_meta  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
 from autotimm_stream.synthetic import SHAPES, ShapeScene, write_clip  # noqa: E402
 
