@@ -289,7 +289,7 @@ def naive_loop(clip: Path, runner: ModelRunner, endpoint: str = "tcp://127.0.0.1
     mean = np.array(spec.mean, dtype=np.float32) * 255.0
     std = np.array(spec.std, dtype=np.float32) * 255.0
     names = runner.meta.class_names
-    module = runner.module
+    module = runner.network  # the same loaded network the engine calls: returns a tuple of outputs
 
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
@@ -322,7 +322,7 @@ def naive_loop(clip: Path, runner: ModelRunner, endpoint: str = "tcp://127.0.0.1
             x = (crop.astype(np.float32) - mean) / std
             x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
             with torch.inference_mode():
-                logits = module(x)
+                logits = module(x)[0]
             probs = torch.softmax(logits.float(), dim=1)
             scores, ids = probs.topk(TOP_K, dim=1)
             msg = {
