@@ -143,10 +143,14 @@ def write_clip(
     dominant: bool = True,
     gop: int = 25,
     codec: str = "libx264",
+    n_shapes: int = 3,
 ) -> str:
-    """Write a generated H.264 (yuv420p) clip of moving shapes; returns its path."""
+    """Write a generated H.264 (yuv420p) clip of moving shapes; returns its path.
+
+    ``dominant`` shows one large shape (the classifier demo); otherwise ``n_shapes`` move around.
+    """
     path = os.fspath(path)
-    scene = ShapeScene(width, height, seed=seed, dominant=dominant)
+    scene = ShapeScene(width, height, seed=seed, n_shapes=n_shapes, dominant=dominant)
     with av.open(path, "w") as out:
         stream = out.add_stream(codec, rate=Fraction(fps), options={"preset": "veryfast", "crf": "20", "g": str(gop)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
