@@ -109,11 +109,11 @@ class Postprocessor:
         names = self.meta.class_names
         out = []
         for i, hw in enumerate(frames_hw):
-            mask = logits_to_mask(logits[i], self.geometry(hw), self.spec.size, hw)
+            mask = logits_to_mask(logits[i], self.geometry(hw), self.spec.size, hw).cpu().numpy()
             fractions = class_fractions(mask, len(names))
             out.append(
                 {
-                    "mask": mask.cpu().numpy(),
+                    "mask": mask,
                     "class_fractions": [(c, names[c], f) for c, f in enumerate(fractions) if f > 0],
                 }
             )

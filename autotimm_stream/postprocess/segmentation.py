@@ -5,6 +5,7 @@ Pure tensor functions, testable without threads or models.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,23 +50,26 @@ def logits_to_mask(
         x = _footprint(x, (pt * sy, (pt + rh) * sy, pl * sx, (pl + rw) * sx))
     fh, fw = frame_hw
     dtype = torch.uint8 if c <= 256 else torch.long
-    out = torch.empty((fh, fw), dtype=dtype, device=logits.device)
+    # Channels-last, so that the class scores of a pixel are adjacent: argmax over the last,
+    # contiguous dimension is ~7x faster than over the first (strided) one.
+    x = x.contiguous(memory_format=torch.channels_last)
     rows = max(1, _BAND_BYTES // max(1, c * fw * 4))
     if rows >= fh:
-        out.copy_(F.interpolate(x, size=(fh, fw), mode="bilinear", align_corners=False)[0].argmax(0))
-        return out
+        up = F.interpolate(x, size=(fh, fw), mode="bilinear", align_corners=False)
+        return up[0].permute(1, 2, 0).argmax(-1).to(dtype)
     # Too big for one interpolate: bilinear is separable, so upsample the width once, then the
     # height band by band with torch's own source-index rule (half-pixel centres, clamped at 0).
-    full_rows = torch.arange(fh, device=logits.device, dtype=torch.float32)
-    src_y = ((full_rows + 0.5) * (x.shape[2] / fh) - 0.5).clamp(min=0)
-    y_lo = src_y.floor().long().clamp(max=x.shape[2] - 1)
-    y_hi = (y_lo + 1).clamp(max=x.shape[2] - 1)
-    wy = (src_y - y_lo.float()).view(1, -1, 1)
-    cols = F.interpolate(x, size=(x.shape[2], fw), mode="bilinear", align_corners=False)[0]  # [C, h, W]
+    out = torch.empty((fh, fw), dtype=dtype, device=logits.device)
+    src_h = x.shape[2]
+    src_y = ((torch.arange(fh, device=logits.device, dtype=torch.float32) + 0.5) * (src_h / fh) - 0.5).clamp(min=0)
+    y_lo = src_y.floor().long().clamp(max=src_h - 1)
+    y_hi = (y_lo + 1).clamp(max=src_h - 1)
+    wy = (src_y - y_lo.float()).view(-1, 1, 1)
+    cols = F.interpolate(x, size=(src_h, fw), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)  # [h, W, C]
     for r0 in range(0, fh, rows):
         r1 = min(fh, r0 + rows)
-        lo, hi, wb = cols[:, y_lo[r0:r1]], cols[:, y_hi[r0:r1]], wy[:, r0:r1]
-        out[r0:r1] = (lo + (hi - lo) * wb).argmax(0)
+        lo, hi = cols[y_lo[r0:r1]], cols[y_hi[r0:r1]]
+        out[r0:r1] = (lo + (hi - lo) * wy[r0:r1]).argmax(-1)
     return out
 
 
@@ -82,7 +86,8 @@ def _footprint(x: torch.Tensor, box: tuple[float, float, float, float]) -> torch
     return x[:, :, top:bottom, left:right]
 
 
-def class_fractions(mask: torch.Tensor, num_classes: int) -> list[float]:
-    """Share of ``mask``'s pixels (Tensor[H, W] of class ids) per class: ``num_classes`` floats summing to 1."""
-    counts = torch.bincount(mask.reshape(-1).long(), minlength=num_classes)[:num_classes]
-    return (counts.double() / max(1, mask.numel())).tolist()
+def class_fractions(mask: torch.Tensor | np.ndarray, num_classes: int) -> list[float]:
+    """Share of ``mask``'s pixels ([H, W] of class ids) per class: ``num_classes`` floats summing to 1."""
+    flat = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).ravel()
+    counts = np.bincount(flat, minlength=num_classes)[:num_classes]  # numpy's is ~50x torch's on the CPU
+    return (counts / max(1, flat.size)).tolist()
