@@ -213,7 +213,9 @@ def _constructor_kwargs(cls: type, info: CheckpointInfo) -> dict[str, Any]:
     kwargs.update(compile_model=False, seed=None, deterministic=False)
     kwargs.pop("compile_kwargs", None)
     if "metrics" in params and info.task == "detection":
-        kwargs["metrics"] = []  # detectors' default mAP metric needs pycocotools; metrics are not saved
+        # ObjectDetector/InstanceSegmentor: the default mAP metric needs pycocotools, [] means none.
+        # YOLOXDetector refuses [] ("At least one MetricConfig is required"); its None means none.
+        kwargs["metrics"] = None if info.kind == "YOLOXDetector" else []
     return kwargs
 
 
@@ -241,7 +243,15 @@ def load_autotimm_model(
             first = str(exc).strip().splitlines()[0]
             raise ModelError(f"checkpoint {path!r}: AutoTimm cannot rebuild its {info.kind} ({first})") from None
     state = {_ORIG_MOD.sub(r"\1", k): v for k, v in ckpt["state_dict"].items()}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        first = lines[0] if lines else str(exc).strip().splitlines()[0]
+        raise ModelError(
+            f"checkpoint {path!r}: its weights do not fit the {info.kind} its hparams describe "
+            f"(num_classes={info.num_classes}): {len(lines)} shape mismatches, e.g. {first}"
+        ) from None
     missing = [k for k in result.missing_keys if not k.startswith(("val_metrics.", "test_metrics.", "train_metrics."))]
     unexpected = [
         k for k in result.unexpected_keys if not k.startswith(("val_metrics.", "test_metrics.", "train_metrics."))

@@ -89,6 +89,9 @@ def export_module(
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
+            # Python-side shape checks (e.g. GroupNorm's batch-size check) are recorded as
+            # constants; harmless here, since the input size is fixed by the bundle.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             with torch.no_grad():
                 network = torch.jit.trace(flat, example, check_trace=False)
     else:
