@@ -118,3 +118,14 @@ def test_center_crop_is_refused_for_masks():
 def test_class_fractions_sum_to_one():
     mask = torch.tensor([[0, 0, 1, 3]], dtype=torch.uint8)
     assert seg.class_fractions(mask, 4) == [0.5, 0.25, 0.0, 0.25]
+
+
+def test_inverted_boxes_are_dropped_after_nms():
+    # YOLO-style heads have no ReLU on the distances: negative ones decode to x2 < x1
+    cls, reg, _ = dense_outputs(1, 64, 2, strides=(8,), centerness=False, seed=5)
+    reg = [-r for r in reg]  # every box inverted
+    ((boxes, scores, labels),) = decode_dense(cls, reg, None, (8,), (64, 64), 0.05, 0.5, 100)
+    assert boxes.shape == (0, 4)
+    reg = [torch.cat([r[:, :2], -r[:, 2:]], 1) for r in reg]  # x1 = px + |l|, x2 = px + |r|: some boxes valid
+    ((boxes, _, _),) = decode_dense(cls, reg, None, (8,), (64, 64), 0.05, 0.5, 100)
+    assert len(boxes) > 0 and bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())

@@ -101,6 +101,7 @@ class Postprocessor:
             dets = [
                 Detection(tuple(b), int(c), names[int(c)], float(s))  # type: ignore[arg-type]
                 for b, s, c in zip(boxes, scores.cpu().tolist(), labels.cpu().tolist())
+                if b[2] > b[0] and b[3] > b[1]  # a box wholly in the letterbox padding is not on the frame
             ]
             out.append({"detections": dets})
         return out

@@ -63,8 +63,8 @@ def decode_dense(
         max_detections: at most this many boxes per image, best first.
 
     Returns:
-        Per image: boxes (Tensor[N, 4], xyxy in input pixels), scores (Tensor[N]), labels
-        (Tensor[N], int64), sorted by descending score.
+        Per image: boxes (Tensor[N, 4], xyxy in input pixels, x1 < x2 and y1 < y2), scores
+        (Tensor[N]), labels (Tensor[N], int64), sorted by descending score.
     """
     batch, num_classes = cls[0].shape[0], cls[0].shape[1]
     device = cls[0].device
@@ -106,6 +106,11 @@ def decode_dense(
     boxes, scores, labels, images = (torch.cat(t) for t in (boxes_l, scores_l, labels_l, image_l))
     # One NMS call for the whole batch: boxes of different images or classes never suppress each other.
     kept = batched_nms(boxes, scores, images * num_classes + labels, nms_thresh)  # best first
+    # YOLO-style heads regress distances without a ReLU, so a location can decode to an inverted
+    # box (x2 < x1 or y2 < y1). AutoTimm returns those as they are; they are not boxes, so after
+    # NMS (which they took part in, as in AutoTimm) they are dropped, and the cap counts real boxes.
+    b = boxes[kept]
+    kept = kept[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
     out = []
     kept_images = images[kept]
     for b in range(batch):
