@@ -118,8 +118,8 @@ def test_cuda_runner_matches_cpu(bundle, fp16, channels_last):
     cpu = ModelRunner(bundle)
     gpu = ModelRunner(bundle, device="cuda", fp16=fp16, channels_last=channels_last)
     gpu.warmup((1, 4))
-    ref = torch.softmax(cpu.forward(cpu.preprocess(frames)), 1)
-    got = torch.softmax(gpu.forward(gpu.preprocess(frames)), 1).cpu()
+    ref = torch.softmax(cpu.forward(cpu.preprocess(frames))[0], 1)
+    got = torch.softmax(gpu.forward(gpu.preprocess(frames))[0], 1).cpu()
     torch.testing.assert_close(got, ref, atol=2e-2 if fp16 else 1e-4, rtol=0)
 
 

@@ -38,8 +38,11 @@ class TinyFCOS(nn.Module):
 
 
 def _ramp(f: torch.Tensor) -> torch.Tensor:
+    # built from ones_like so that a traced bundle makes it on the input's device (CPU or CUDA)
+    ones = torch.ones_like(f[:1, :1])
     h, w = f.shape[-2:]
-    return torch.arange(h * w, dtype=f.dtype).reshape(1, 1, h, w) * (0.5 / (h * w))
+    index = (ones.cumsum(2) - 1) * w + (ones.cumsum(3) - 1)
+    return index * (0.5 / (h * w))
 
 
 class TinySeg(nn.Module):
