@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo_config
 
-    cfg = demo_config(args.out, args.set, frames=args.frames, realtime=not args.fast)
+    cfg = demo_config(args.out, args.set, frames=args.frames, realtime=not args.fast, task=args.task)
     endpoint = cfg.sinks.zmq.endpoint if cfg.sinks.zmq.enabled else None
 
     def started(_p: Any) -> None:
@@ -261,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--frames", type=int, default=250, help="length of the generated clip in frames")
     d.add_argument("--fast", action="store_true", help="as fast as the machine allows, not at the clip's speed")
+    d.add_argument(
+        "--task",
+        choices=("detection", "classification"),
+        default="detection",
+        help="the AutoTimm shape detector (default) or the first milestone's classifier",
+    )
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)

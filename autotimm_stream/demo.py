@@ -1,4 +1,10 @@
-"""The embedded default run: the bundled model on a generated clip, nothing else needed."""
+"""The embedded default run: a bundled model on a generated clip, nothing else needed.
+
+The default is the AutoTimm-trained shape detector (``assets/demo_detector.pt``, exported from
+``assets/demo_detector.ckpt`` by ``autotimm-stream export``); ``classification`` runs the small
+timm classifier of the first milestone instead. Both were trained on generated scenes that never
+include the demo clip's.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,27 @@ from .errors import ModelError
 from .sources.file import probe_video
 from .synthetic import write_clip
 
-__all__ = ["demo_config", "demo_bundle_path", "DEMO_SEED"]
+__all__ = ["demo_config", "demo_bundle_path", "DEMO_SEED", "DEMO_TASKS"]
 
-DEMO_SEED = 7  # the demo clip's scene; the demo model never saw it during training
-DEMO_BUNDLE = "demo_classifier.pt"
+DEMO_SEED = 7  # the demo clip's scene; the demo models never saw it during training
+# task -> (bundle in assets/, script that rebuilds it, whether the clip shows one dominant shape)
+DEMO_TASKS = {
+    "detection": ("demo_detector.pt", "examples/train_demo_detector.py", False),
+    "classification": ("demo_classifier.pt", "examples/train_demo_classifier.py", True),
+}
 
 
-def demo_bundle_path() -> str:
-    path = str(resources.files("autotimm_stream") / "assets" / DEMO_BUNDLE)
+def demo_bundle_path(task: str = "detection") -> str:
+    name, script, _ = DEMO_TASKS[task]
+    path = str(resources.files("autotimm_stream") / "assets" / name)
     if not os.path.isfile(path):
-        raise ModelError(
-            f"the demo model {path!r} is missing; rebuild it with `python examples/train_demo_classifier.py`"
-        )
+        raise ModelError(f"the demo model {path!r} is missing; rebuild it with `python {script}`")
     return path
 
 
-def _clip(out_dir: str, frames: int) -> str:
-    path = os.path.join(out_dir, f"demo_clip_{frames}.mp4")
+def _clip(out_dir: str, frames: int, dominant: bool) -> str:
+    kind = "one" if dominant else "many"
+    path = os.path.join(out_dir, f"demo_clip_{kind}_{frames}.mp4")
     try:
         info = probe_video(path)
         if info.frames == frames:
@@ -35,13 +45,17 @@ def _clip(out_dir: str, frames: int) -> str:
     except OSError:
         pass
     tmp = path + ".tmp.mp4"
-    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=DEMO_SEED, dominant=True)
+    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=DEMO_SEED, dominant=dominant)
     os.replace(tmp, path)
     return path
 
 
 def demo_config(
-    out_dir: str = "demo_out", overrides: list[str] | None = None, frames: int = 250, realtime: bool = True
+    out_dir: str = "demo_out",
+    overrides: list[str] | None = None,
+    frames: int = 250,
+    realtime: bool = True,
+    task: str = "detection",
 ) -> RunConfig:
     """The demo's config: generates the clip into ``out_dir`` when it is not there yet.
 
@@ -50,8 +64,10 @@ def demo_config(
     """
     os.makedirs(out_dir, exist_ok=True)
     data: dict[str, Any] = {
-        "sources": [{"id": "demo", "uri": _clip(out_dir, frames), "policy": "block", "realtime": realtime}],
-        "model": {"path": demo_bundle_path(), "device": "auto"},
+        "sources": [
+            {"id": "demo", "uri": _clip(out_dir, frames, DEMO_TASKS[task][2]), "policy": "block", "realtime": realtime}
+        ],
+        "model": {"path": demo_bundle_path(task), "device": "auto"},
         "output_dir": out_dir,
     }
     return validate_config(apply_overrides(data, overrides or []), origin="demo config")
