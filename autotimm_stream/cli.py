@@ -173,6 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             fmt=args.format,
             quantize=args.quantize,
             top_k=args.top_k,
+            device=args.device,
         )
         note = f"from {meta.origin.get('class')} (sha256 {meta.origin.get('sha256', '')[:12]})"
         if meta.quantization:
@@ -184,7 +185,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError("--quantize applies to checkpoint exports; train the model with AutoTimm first")
         names = parse_classes(args.classes, args.num_classes)
         meta = export_timm(
-            args.timm, args.output, names, task=args.task, image_size=args.image_size, top_k=args.top_k, fmt=args.format
+            args.timm,
+            args.output,
+            names,
+            task=args.task,
+            image_size=args.image_size,
+            top_k=args.top_k,
+            fmt=args.format,
+            device=args.device,
         )
         note = "weights are random (pretrained=False) unless you trained them"
     print(
@@ -279,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-classes", type=int, help="--timm: number of classes when no names are given")
     e.add_argument("--task", choices=("classification", "multilabel"), default="classification", help="--timm only")
     e.add_argument("--image-size", type=int, help="input size (default: the checkpoint's, else the task's)")
-    e.add_argument("--format", choices=("torchscript", "export", "onnx"), default="torchscript")
+    e.add_argument("--format", choices=("torchscript", "export", "onnx", "aoti"), default="torchscript")
+    e.add_argument("--device", default="cpu", help="--format aoti: compile for this device (cpu or cuda)")
     e.add_argument(
         "--quantize", choices=("int8",), help="dynamic int8 quantization for the CPU (reports accuracy change)"
     )

@@ -58,7 +58,7 @@ class TinySeg(nn.Module):
         return self.body(x) * 4.0
 
 
-def export_tiny_detector(path, size: int = 128, head: str = "fcos", seed: int = 0) -> BundleMeta:
+def export_tiny_detector(path, size: int = 128, head: str = "fcos", seed: int = 0, **export_kwargs) -> BundleMeta:
     torch.manual_seed(seed)
     net = TinyFCOS(centerness=head == "fcos")
     meta = BundleMeta(
@@ -71,7 +71,7 @@ def export_tiny_detector(path, size: int = 128, head: str = "fcos", seed: int = 
         decode={"score_thresh": 0.05, "nms_thresh": 0.5, "max_detections": 50, "strides": list(net.strides)},
         model_name=f"tiny-{head}",
     )
-    return export_module(net, meta, path)
+    return export_module(net, meta, path, **export_kwargs)
 
 
 def export_tiny_segmentor(path, size: int = 96, seed: int = 0) -> BundleMeta:

@@ -61,6 +61,7 @@ class BundleMeta:
     outputs: list[str] = field(default_factory=list)  # names of the network's flat outputs, in order
     decode: dict[str, Any] = field(default_factory=dict)  # detection: see DETECTION_DECODE_DEFAULTS
     quantization: dict[str, Any] = field(default_factory=dict)  # e.g. {"mode": "int8-dynamic", ...}
+    compiled_for: str = ""  # aoti bundles: the device type the package was compiled for ("cpu", "cuda")
     versions: dict[str, str] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)  # what the bundle was built from
 

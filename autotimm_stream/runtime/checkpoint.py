@@ -335,6 +335,7 @@ def export_checkpoint(
     fmt: str = "torchscript",
     quantize: str | None = None,
     top_k: int = 5,
+    device: str = "cpu",
 ) -> BundleMeta:
     """Build a bundle of format ``fmt`` from an AutoTimm checkpoint; returns its metadata.
 
@@ -344,10 +345,11 @@ def export_checkpoint(
         image_size: network input size (square); default: the checkpoint's DataModule size, else
             the timm data config (classifiers) or AutoTimm's default (640 detection, 512 segmentation).
         classes: names as ``"a,b,c"``, a file with one per line, or a list; default ``class_0..``.
-        fmt: ``torchscript``, ``export`` (torch.export) or ``onnx``.
+        fmt: ``torchscript``, ``export`` (torch.export), ``onnx`` or ``aoti`` (AOTInductor).
         quantize: ``"int8"``: dynamic int8 quantization for the CPU; the accuracy change against
             the fp32 network is measured and stored in the bundle's ``quantization`` field.
         top_k: classification: how many classes each result lists.
+        device: ``aoti`` only: the device the package is compiled for (``cpu`` or ``cuda``).
     """
     path = os.fspath(path)
     model, info = load_autotimm_model(path)
@@ -403,4 +405,4 @@ def export_checkpoint(
         from .quantize import export_quantized
 
         return export_quantized(network, meta, out, fmt=fmt, mode=quantize)
-    return export_module(network, meta, out, fmt=fmt)
+    return export_module(network, meta, out, fmt=fmt, device=device)

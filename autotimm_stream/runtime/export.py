@@ -62,7 +62,11 @@ def flatten_outputs(out: object) -> tuple[torch.Tensor, ...]:
 
 
 def export_module(
-    model: torch.nn.Module, meta: BundleMeta, path: str | os.PathLike[str], fmt: str = "torchscript"
+    model: torch.nn.Module,
+    meta: BundleMeta,
+    path: str | os.PathLike[str],
+    fmt: str = "torchscript",
+    device: str = "cpu",
 ) -> BundleMeta:
     """Save ``model`` (eval mode, CPU, fp32) as a bundle of format ``fmt`` with ``meta`` inside.
 
@@ -96,7 +100,9 @@ def export_module(
                 network = torch.jit.trace(flat, example, check_trace=False)
     else:
         network = flat
-    save_bundle(network, meta, path, fmt=fmt, example=example)
+    if fmt == "aoti":
+        meta.compiled_for = torch.device(device).type
+    save_bundle(network, meta, path, fmt=fmt, example=example, device=device)
     _logger.info("wrote %s (%s, %s, %d classes)", path, fmt, meta.task, meta.num_classes)
     return meta
 
@@ -112,6 +118,7 @@ def export_timm(
     top_k: int = 5,
     threshold: float = 0.5,
     fmt: str = "torchscript",
+    device: str = "cpu",
 ) -> BundleMeta:
     """Build a bundle from a timm model name (``pretrained=False``; weights from ``state_dict`` if given)."""
     import timm
@@ -148,4 +155,4 @@ def export_timm(
         versions={"timm": timm.__version__},
         origin={"kind": "timm", "name": model_name, "pretrained": False},
     )
-    return export_module(model, meta, path, fmt=fmt)
+    return export_module(model, meta, path, fmt=fmt, device=device)

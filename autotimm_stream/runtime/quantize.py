@@ -353,6 +353,8 @@ def export_quantized(
         raise ConfigError(f"--quantize must be one of {list(MODES)}, got {mode!r}")
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "aoti":
+        raise ConfigError("--quantize int8 does not apply to --format aoti; use --format onnx or torchscript")
     out = os.fspath(out)
     network = network.eval().cpu().float()
     quantized_net: torch.nn.Module | None = None
