@@ -11,9 +11,10 @@ never asks which format it got.
 - ``onnx``: an ONNX model run by onnxruntime (CPU, or CUDA when its provider is present); the
   only format that can carry int8 convolutions from dynamic quantization.
 - ``aoti``: the ``export`` program compiled ahead of time by AOTInductor for one device type
-  (``torch._inductor.aoti_compile_and_package``), metadata added to the package. Measured: on an
-  H200 ~2x TorchScript's speed at batch 1; on the CPU no faster than frozen TorchScript and a
-  ~60 s compile, so it is worth it on CUDA. Tied to the torch version and device it was built on.
+  (``torch._inductor.aoti_compile_and_package``), metadata added to the package. On the CPU it
+  equals TorchScript but is no faster (and compiles for 10-60 s); CUDA is where it should pay
+  (a helper measured ~2x at batch 1 on an H200), but loading CUDA packages segfaulted in this
+  project's torch 2.11 GPU run, so that path is unverified. Tied to the torch version and device.
 """
 
 from __future__ import annotations
