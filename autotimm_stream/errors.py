@@ -7,7 +7,7 @@ expected, what came, and how to fix it: the CLI prints them as one line and exit
 
 from __future__ import annotations
 
-__all__ = ["StreamError", "ConfigError", "SourceError", "ModelError", "SinkError"]
+__all__ = ["StreamError", "ConfigError", "SourceError", "ModelError", "SinkError", "first_line"]
 
 
 class StreamError(Exception):
@@ -28,3 +28,9 @@ class ModelError(StreamError, ValueError):
 
 class SinkError(StreamError, OSError):
     """An output cannot be created or written (unwritable folder, address already in use)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

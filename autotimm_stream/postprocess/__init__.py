@@ -50,7 +50,6 @@ class Postprocessor:
                 if isinstance(threshold, list):
                     raise ValueError("detection takes one score threshold, not one per class")
                 self.decode["score_thresh"] = float(threshold)
-            self.threshold = torch.tensor(self.decode["score_thresh"])
         else:
             thr = meta.threshold if threshold is None else threshold
             self.threshold = torch.as_tensor(thr, dtype=torch.float32)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from .bundle import BundleMeta
 from .export import export_module, parse_classes
 
@@ -119,15 +119,14 @@ def _torch_load(path: str) -> dict[str, Any]:
             match = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
             obj = _allowed_global(match.group(1)) if match else None
             if obj is None or obj in allowed:
-                what = match.group(1) if match else str(exc).strip().splitlines()[0]
+                what = match.group(1) if match else first_line(exc)
                 raise ModelError(
                     f"{where} needs unsafe unpickling ({what}); only AutoTimm config dataclasses are "
                     "allowed. Re-save it with trainer.save_checkpoint(path, weights_only=True)"
                 ) from None
             allowed.append(obj)
         except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{where} cannot be read ({first}); is the file complete?") from None
+            raise ModelError(f"{where} cannot be read ({first_line(exc)}); is the file complete?") from None
     else:  # pragma: no cover - 16 distinct dataclasses would be absurd
         raise ModelError(f"{where} pickles too many objects; re-save it with weights_only=True")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -240,14 +239,15 @@ def load_autotimm_model(
         try:
             model = cls(**_constructor_kwargs(cls, info))
         except (TypeError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelError(f"checkpoint {path!r}: AutoTimm cannot rebuild its {info.kind} ({first})") from None
+            raise ModelError(
+                f"checkpoint {path!r}: AutoTimm cannot rebuild its {info.kind} ({first_line(exc)})"
+            ) from None
     state = {_ORIG_MOD.sub(r"\1", k): v for k, v in ckpt["state_dict"].items()}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even with strict=False
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
-        first = lines[0] if lines else str(exc).strip().splitlines()[0]
+        first = lines[0] if lines else first_line(exc)
         raise ModelError(
             f"checkpoint {path!r}: its weights do not fit the {info.kind} its hparams describe "
             f"(num_classes={info.num_classes}): {len(lines)} shape mismatches, e.g. {first}"
@@ -307,18 +307,6 @@ def _decode(model: torch.nn.Module, info: CheckpointInfo) -> dict[str, Any]:
     }
 
 
-class _DetectorNetwork(torch.nn.Module):
-    """A detector's forward without its ``None`` centerness (YOLOX head) and without the task shell."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(x)
-        return tuple(t for group in out if group is not None for t in group)
-
-
 def _output_names(info: CheckpointInfo, levels: int) -> list[str]:
     if info.task == "detection":
         groups = ("cls", "reg", "ctr") if info.head == "fcos" else ("cls", "reg")
@@ -367,7 +355,6 @@ def export_checkpoint(
     # Lightning's `trainer` property raises outside a Trainer unless it believes it is being
     # scripted; tracing and export probe every attribute, so say so (as LightningModule.to_torchscript does).
     model._jit_is_scripting = True
-    network: torch.nn.Module = _DetectorNetwork(model) if info.task == "detection" else model
     import timm
 
     hp = info.hparams
@@ -404,5 +391,5 @@ def export_checkpoint(
     if quantize:
         from .quantize import export_quantized
 
-        return export_quantized(network, meta, out, fmt=fmt, mode=quantize)
-    return export_module(network, meta, out, fmt=fmt, device=device)
+        return export_quantized(model, meta, out, fmt=fmt, mode=quantize)
+    return export_module(model, meta, out, fmt=fmt, device=device)

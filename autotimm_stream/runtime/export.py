@@ -9,9 +9,9 @@ import warnings
 import torch
 
 from .. import __version__
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from .bundle import BundleMeta
-from .formats import FORMATS, save_bundle
+from .formats import FORMATS, flatten_outputs, save_bundle
 
 __all__ = ["export_module", "export_timm", "parse_classes", "FlatOutputs"]
 
@@ -51,16 +51,6 @@ class FlatOutputs(torch.nn.Module):
         return flatten_outputs(self.model(x))
 
 
-def flatten_outputs(out: object) -> tuple[torch.Tensor, ...]:
-    if isinstance(out, torch.Tensor):
-        return (out,)
-    flat: list[torch.Tensor] = []
-    for item in out:  # type: ignore[attr-defined]
-        if item is not None:
-            flat.extend(flatten_outputs(item))
-    return tuple(flat)
-
-
 def export_module(
     model: torch.nn.Module,
     meta: BundleMeta,
@@ -84,8 +74,9 @@ def export_module(
         with torch.inference_mode():
             out = flat(example)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelError(f"the network fails on a [2, 3, {h}, {w}] input ({first}); try another --image-size") from None
+        raise ModelError(
+            f"the network fails on a [2, 3, {h}, {w}] input ({first_line(exc)}); try another --image-size"
+        ) from None
     problem = check_outputs(meta, out, 2)
     if problem:
         raise ModelError(f"{problem}; make --classes match the head")

@@ -29,10 +29,19 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .bundle import META_FILE, BundleMeta
 
-__all__ = ["FORMATS", "Network", "detect_format", "read_meta", "replace_meta", "save_bundle", "load_bundle"]
+__all__ = [
+    "FORMATS",
+    "Network",
+    "detect_format",
+    "flatten_outputs",
+    "read_meta",
+    "replace_meta",
+    "save_bundle",
+    "load_bundle",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -46,11 +55,6 @@ def _quiet_jit() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.14 deprecates torch.jit.*
         yield
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_file(path: str) -> None:
@@ -175,9 +179,7 @@ def save_bundle(
         _atomic(path, lambda tmp: _save_aoti(network, example, text, tmp, torch.device(device)))
         return
     if fmt == "export":
-        batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
-        with torch.no_grad():
-            program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
+        program = _export_program(network, example)
         # The archive would otherwise carry the example batch (2x3x640x640 floats: ~10 MB for a detector).
         program.example_inputs = None
         _atomic(path, lambda tmp: _save_export(program, text, tmp))
@@ -191,12 +193,15 @@ def _save_export(program: torch.export.ExportedProgram, text: str, path: str) ->
         torch.export.save(program, fh, extra_files={META_FILE: text})
 
 
-def _save_aoti(network: torch.nn.Module, example: torch.Tensor, text: str, path: str, device: torch.device) -> None:
-    network = network.to(device)
-    example = example.to(device)
+def _export_program(network: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``network`` traced by torch.export on ``example``, the batch dimension left dynamic."""
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     with torch.no_grad():
-        program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
+        return torch.export.export(network, (example,), dynamic_shapes=({0: batch},), strict=False)
+
+
+def _save_aoti(network: torch.nn.Module, example: torch.Tensor, text: str, path: str, device: torch.device) -> None:
+    program = _export_program(network.to(device), example.to(device))
     package = f"{path}.pt2"  # AOTInductor insists on the .pt2 suffix
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=package)
@@ -259,7 +264,7 @@ def _save_onnx(network: torch.nn.Module, example: torch.Tensor, meta: BundleMeta
     import onnx
 
     with torch.no_grad():
-        names = meta.outputs or [f"output_{i}" for i in range(len(_as_tuple(network(example))))]
+        names = meta.outputs or [f"output_{i}" for i in range(len(flatten_outputs(network(example))))]
     raw = f"{path}.raw.onnx"
     try:
         # The TorchScript-based exporter: deprecated in torch 2.14 (DeprecationWarning) but present,
@@ -290,12 +295,15 @@ def _save_onnx(network: torch.nn.Module, example: torch.Tensor, meta: BundleMeta
                 os.unlink(leftover)
 
 
-def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+def flatten_outputs(out: Any) -> tuple[torch.Tensor, ...]:
+    """A network's output as a flat tuple of tensors: nested lists flattened, ``None`` left out
+    (a YOLOX head's missing centerness)."""
     if isinstance(out, torch.Tensor):
         return (out,)
     flat: list[torch.Tensor] = []
     for item in out:
-        flat.extend(_as_tuple(item))
+        if item is not None:
+            flat.extend(flatten_outputs(item))
     return tuple(flat)
 
 
@@ -337,7 +345,7 @@ class Network:
             raise
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(
-                f"model bundle {self.path!r} ({self.format}) cannot be loaded ({_first_line(exc)}); re-export it"
+                f"model bundle {self.path!r} ({self.format}) cannot be loaded ({first_line(exc)}); re-export it"
             ) from None
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -354,7 +362,7 @@ class Network:
                 module = torch.jit.freeze(module)
                 if self.device.type == "cpu":
                     module = torch.jit.optimize_for_inference(module)
-        return lambda x: _as_tuple(module(x))
+        return lambda x: flatten_outputs(module(x))
 
     def _load_export(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         program = _load_program(self.path)
@@ -363,7 +371,7 @@ class Network:
             module = module.half()
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
-        return lambda x: _as_tuple(module(x))
+        return lambda x: flatten_outputs(module(x))
 
     def _load_aoti(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         built = self.meta.compiled_for or "cpu"
@@ -378,7 +386,7 @@ class Network:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             runner = torch._inductor.aoti_load_package(self.path)
-        return lambda x: _as_tuple(runner(x.float().contiguous()))
+        return lambda x: flatten_outputs(runner(x.float().contiguous()))
 
     def _load_onnx(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         try:

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import preprocess_batch
 from .bundle import BundleMeta
 from .formats import Network
@@ -107,10 +107,9 @@ class ModelRunner:
                 for _ in range(iterations):
                     out = self.forward(x)
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelError(
                     f"model bundle {self.path!r} fails on a [{b}, 3, {h}, {w}] input, the size its metadata "
-                    f"declares ({first}); re-export it with the right --image-size"
+                    f"declares ({first_line(exc)}); re-export it with the right --image-size"
                 ) from None
             problem = check_outputs(self.meta, out, b)
             if problem:
