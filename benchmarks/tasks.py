@@ -122,7 +122,9 @@ def main() -> int:
 
     clip = out / f"shapes_{args.width}x{args.height}_{args.frames}f.mp4"
     if not clip.is_file():
-        write_clip(clip, frames=args.frames, width=args.width, height=args.height, fps=25, seed=11, dominant=False, n_shapes=4)
+        write_clip(
+            clip, frames=args.frames, width=args.width, height=args.height, fps=25, seed=11, dominant=False, n_shapes=4
+        )
 
     results: dict[str, Any] = {}
     for task in args.tasks:
