@@ -89,3 +89,72 @@ def test_engine_runs_on_cuda_with_fp16(clip, bundle, tmp_path):
     agree = np.mean([g["classes"][0]["class_id"] == c for g, c in zip(gpu_rows, top1)])
     assert agree >= 0.95
     assert (gpu_dir / "annotated.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", ["export", "onnx"])
+def test_other_formats_match_torchscript_on_cuda(tmp_path, fmt):
+    """The torch.export and ONNX bundles of one network give TorchScript's outputs on the GPU."""
+    from .tiny_nets import export_tiny_detector
+
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime has no CUDA provider here")
+    export_tiny_detector(tmp_path / "det.pt")
+    export_tiny_detector(tmp_path / f"det.{fmt}", fmt=fmt)
+    ref, got = ModelRunner(tmp_path / "det.pt", device="cuda"), ModelRunner(tmp_path / f"det.{fmt}", device="cuda")
+    assert got.format == fmt
+    x = ref.preprocess(scenes(3, 240, 320))
+    for g, r in zip(got.forward(x), ref.forward(x), strict=True):
+        torch.testing.assert_close(g.to(r.device), r, atol=1e-3, rtol=1e-3)
+
+
+def test_aoti_bundle_compiled_for_cuda_matches_torchscript(tmp_path):
+    """AOTInductor package built for CUDA: same outputs as TorchScript on the GPU, also when loaded
+    by a fresh process (as a deployment does), dynamic batch; refused by a CPU runner."""
+    import json
+    import subprocess
+    import sys
+
+    from autotimm_stream.errors import ModelError
+    from autotimm_stream.runtime.formats import read_meta
+
+    from .tiny_nets import export_tiny_detector
+
+    export_tiny_detector(tmp_path / "det.pt")
+    export_tiny_detector(tmp_path / "det.aoti", fmt="aoti", device="cuda")
+    assert read_meta(tmp_path / "det.aoti").compiled_for == "cuda"
+    with pytest.raises(ModelError, match="compiled for cuda"):
+        ModelRunner(tmp_path / "det.aoti", device="cpu")
+    ref = ModelRunner(tmp_path / "det.pt", device="cuda")
+    frames = scenes(3, 240, 320)
+    # first in a fresh process that never compiled anything (as a deployment loads it), which
+    # also keeps a crashing loader from taking the test session down with it
+    script = (
+        "import json, sys, torch; from autotimm_stream.runtime.runner import ModelRunner\n"
+        "r = ModelRunner(sys.argv[1], device='cuda'); x = torch.load(sys.argv[2]).cuda()\n"
+        "print(json.dumps([float(t.double().sum()) for t in r.forward(x)]))\n"
+    )
+    x = ref.preprocess(frames)
+    torch.save(x.cpu(), tmp_path / "x.pt")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "det.aoti"), str(tmp_path / "x.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode < 0 and torch.__version__.startswith("2.11"):
+        # seen on an H200 (driver 580.159, CUDA 13.0): torch 2.11's AOTI loader segfaults on every
+        # CUDA package, a one-conv package loaded by the process that compiled it included
+        pytest.xfail(f"torch {torch.__version__}'s AOTInductor loader died of signal {-proc.returncode}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sums = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = [float(t.double().sum()) for t in ref.forward(x)]
+    assert sums == pytest.approx(expected, rel=1e-3, abs=1e-2)
+    got = ModelRunner(tmp_path / "det.aoti", device="cuda")
+    assert got.format == "aoti"
+    for n in (1, 3):
+        x = ref.preprocess(frames[:n])
+        for g, r in zip(got.forward(x), ref.forward(x), strict=True):
+            assert g.device.type == "cuda"
+            torch.testing.assert_close(g, r, atol=1e-3, rtol=1e-3)

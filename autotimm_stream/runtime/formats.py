@@ -13,8 +13,9 @@ never asks which format it got.
 - ``aoti``: the ``export`` program compiled ahead of time by AOTInductor for one device type
   (``torch._inductor.aoti_compile_and_package``), metadata added to the package. On the CPU it
   equals TorchScript but is no faster (and compiles for 10-60 s); CUDA is where it should pay
-  (a helper measured ~2x at batch 1 on an H200), but loading CUDA packages segfaulted in this
-  project's torch 2.11 GPU run, so that path is unverified. Tied to the torch version and device.
+  (a helper measured ~2x at batch 1 on an H200), but torch 2.11's AOTI loader segfaulted on every
+  CUDA package in this project's GPU runs (even a one-conv model in the process that compiled it),
+  so that path is unverified. Tied to the torch version and device.
 """
 
 from __future__ import annotations
@@ -383,9 +384,16 @@ class Network:
         if fp16 or channels_last:
             _logger.warning("fp16/channels_last do not apply to an AOTInductor package; it runs as compiled")
         self.input_dtype = torch.float32
+        index = -1  # the loader's "current device"
+        if self.device.type == "cuda":
+            # the package's loader probes the device: CUDA must be initialised (and the right
+            # device current) first, or loading can fail deep inside the C++ runtime
+            torch.cuda.init()
+            index = torch.cuda.current_device() if self.device.index is None else self.device.index
+            torch.cuda.set_device(index)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            runner = torch._inductor.aoti_load_package(self.path)
+            runner = torch._inductor.aoti_load_package(self.path, device_index=index)
         return lambda x: flatten_outputs(runner(x.float().contiguous()))
 
     def _load_onnx(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
