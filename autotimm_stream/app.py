@@ -6,53 +6,94 @@ import json
 import logging
 import os
 import threading
+from typing import Any
 
 import cv2
 
 from .batching import BatchPolicy
-from .config import RunConfig
-from .errors import SinkError, SourceError
+from .config import RunConfig, validate_source
+from .control import ControlServer
+from .errors import ConfigError, SinkError, SourceError
 from .pipeline import Pipeline
 from .postprocess import Postprocessor
 from .ringbuffer import RingBuffer
 from .runtime.runner import ModelRunner
 from .sinks import JsonlSink, Sink, VideoSink, ZmqSink
-from .sources import FileSource, Source
+from .sources import (
+    FileSource,
+    FolderSource,
+    LiveSource,
+    ReconnectPolicy,
+    Source,
+    StreamSpec,
+    camera_spec,
+    rtsp_spec,
+    testsrc_spec,
+)
 
-__all__ = ["build_pipeline", "write_summary"]
+__all__ = ["build_pipeline", "build_source", "write_summary"]
 
 _logger = logging.getLogger(__name__)
+
+
+def build_source(sc: Any, bell: threading.Condition, stop: threading.Event, model_on_cpu: bool = True) -> Source:
+    """One source from its config (``sources[i]``), not yet opened."""
+    buffer = RingBuffer(sc.buffer_size, sc.policy, bell, max_staleness_ms=sc.max_staleness_ms)
+    if sc.type == "file":
+        # When the model runs on the CPU, every core-ms spent decoding is taken from the model, and
+        # one decoder thread per source costs ~25 % less CPU per frame than FFmpeg's frame
+        # threading; on a GPU the CPU is free for decoding, so FFmpeg chooses.
+        auto_threads = 1 if model_on_cpu else 0
+        threads = auto_threads if sc.decode_threads is None else sc.decode_threads
+        return FileSource(sc.id, sc.uri, buffer, stop, decode_threads=threads, realtime=sc.realtime)
+    if sc.type == "folder":
+        return FolderSource(sc.id, sc.uri, buffer, stop, pattern=sc.pattern, fps=sc.fps, realtime=sc.realtime)
+    if sc.type == "rtsp":
+        spec = rtsp_spec(sc.uri, sc.transport)
+    elif sc.type == "url":
+        spec = StreamSpec(sc.uri, live=sc.live, realtime=sc.realtime)
+    elif sc.type == "camera":
+        spec = camera_spec(sc.device, sc.width, sc.height, sc.fps, sc.input_format)
+    elif sc.type == "testsrc":
+        spec = testsrc_spec(sc.width, sc.height, sc.fps, sc.pattern)
+    else:  # the config's discriminator makes this unreachable
+        raise ConfigError(f"unknown source type {sc.type!r}")
+    r = sc.reconnect
+    return LiveSource(
+        sc.id,
+        spec,
+        buffer,
+        stop,
+        reconnect=ReconnectPolicy(r.initial_delay_s, r.max_delay_s, r.multiplier, r.jitter, r.max_attempts),
+        open_timeout_s=sc.open_timeout_s,
+        stall_frames=sc.stall_frames,
+        min_stall_s=sc.min_stall_s,
+        skip_until_keyframe=sc.skip_until_keyframe,
+        decode_threads=sc.decode_threads,
+    )
 
 
 def build_sources(cfg: RunConfig, stop: threading.Event, model_on_cpu: bool = True) -> list[Source]:
     """Create and open every source (raises SourceError on the first bad one).
 
-    When the model runs on the CPU, every core-ms spent decoding is taken from the model, and one
-    decoder thread per source costs ~25 % less CPU per frame than FFmpeg's frame threading; on a
-    GPU the CPU is free for decoding, so FFmpeg chooses.
+    Live sources only check what can be checked offline (a camera device exists): a stream that
+    is down at start-up is retried by its own thread, it does not stop the pipeline.
     """
-    auto_threads = 1 if model_on_cpu else 0
     if model_on_cpu:
-        # Same reasoning for OpenCV's colour conversion: its 2-thread pool woke on every frame and
-        # cost the model ~4 % (paired A/B, 4 rounds); each source thread converts its own frames.
+        # OpenCV's colour conversion pool woke on every frame and cost the model ~4 % (paired A/B,
+        # 4 rounds); each source thread converts its own frames.
         cv2.setNumThreads(1)
     bell = threading.Condition()
     sources: list[Source] = []
     try:
         for i, sc in enumerate(cfg.sources):
-            src = FileSource(
-                sc.id,
-                sc.uri,
-                RingBuffer(sc.buffer_size, sc.policy, bell),
-                stop,
-                decode_threads=auto_threads if sc.decode_threads is None else sc.decode_threads,
-                realtime=sc.realtime,
-            )
+            src = build_source(sc, bell, stop, model_on_cpu)
             sources.append(src)
             try:
                 src.open()
             except SourceError as exc:
-                raise SourceError(f"sources[{i}].uri: {exc}") from None
+                field = "uri" if hasattr(sc, "uri") else "device"
+                raise SourceError(f"sources[{i}].{field}: {exc}") from None
     except BaseException:
         for s in sources:
             s.close()
@@ -85,7 +126,7 @@ def build_sinks(cfg: RunConfig, sources: list[Source]) -> list[Sink]:
         sinks.append(
             VideoSink(
                 os.path.join(out, s.video.filename),
-                several_sources=len(sources) > 1,
+                several_sources=len(sources) > 1 or cfg.control.enabled,  # more may be added
                 fps=fps,
                 crf=s.video.crf,
                 preset=s.video.preset,
@@ -108,7 +149,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         raise
     post = Postprocessor(runner.meta, top_k=m.top_k, threshold=m.threshold)
     b = cfg.batching
-    return Pipeline(
+    pipeline = Pipeline(
         sources,
         runner,
         sinks,
@@ -117,7 +158,24 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         postprocessor=post,
         drain_timeout_s=cfg.drain_timeout_s,
         prep_threads=b.prep_threads,
+        persistent=cfg.control.enabled,
     )
+    if cfg.control.enabled:
+        on_cpu = runner.device.type == "cpu"
+
+        def make_source(config: dict[str, Any]) -> Source:
+            sc = validate_source(config, origin="add: source")
+            return build_source(sc, pipeline.bell, pipeline.stop_event, on_cpu)
+
+        control = ControlServer(pipeline, make_source, cfg.control.endpoint)
+        try:
+            control.open()
+        except BaseException:
+            for src in sources:
+                src.close()
+            raise
+        pipeline.attach(control)
+    return pipeline
 
 
 def write_summary(summary: dict, output_dir: str) -> str:

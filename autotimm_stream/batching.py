@@ -39,22 +39,38 @@ class BatchPolicy:
 class Batcher:
     """Takes frames from ``buffers`` (all sharing one bell) and groups them into batches."""
 
-    def __init__(self, buffers: list[RingBuffer], bell: threading.Condition, policy: BatchPolicy):
-        self.buffers = buffers
+    def __init__(
+        self,
+        buffers: list[RingBuffer],
+        bell: threading.Condition,
+        policy: BatchPolicy,
+        keep_open: threading.Event | None = None,
+    ):
+        self.buffers = list(buffers)  # replaced, never mutated: readers keep a consistent snapshot
         self.bell = bell
         self.policy = policy
+        # set while more sources may still be added: running out of sources is then not the end
+        self.keep_open = keep_open
         self._cap = policy.max_frames_per_source or policy.max_batch  # one source's share of a batch
         self._start = 0
+
+    def set_buffers(self, buffers: list[RingBuffer]) -> None:
+        """Replace the set of buffers (sources added or removed at run time)."""
+        self.buffers = list(buffers)
+        with self.bell:
+            self.bell.notify_all()
 
     def _available(self) -> bool:
         return any(len(b) for b in self.buffers)
 
     def finished(self) -> bool:
-        """True when every source has ended and every buffer is empty."""
+        """True when every source has ended, every buffer is empty and no source can be added."""
+        if self.keep_open is not None and self.keep_open.is_set():
+            return False
         return all(b.exhausted for b in self.buffers)
 
-    def _take(self, batch: list[Frame], taken: dict[int, int]) -> None:
-        n = len(self.buffers)
+    def _take(self, batch: list[Frame], taken: dict[int, int], buffers: list[RingBuffer]) -> None:
+        n = len(buffers)
         progress = True
         while progress and len(batch) < self.policy.max_batch:
             progress = False
@@ -63,7 +79,7 @@ class Batcher:
                 if taken.get(i, 0) >= self._cap:
                     continue
                 # one frame per source per pass keeps sources interleaved
-                got = self.buffers[i].pop(1)
+                got = buffers[i].pop(1)
                 if got:
                     batch.extend(got)
                     taken[i] = taken.get(i, 0) + 1
@@ -83,20 +99,21 @@ class Batcher:
                 self.bell.wait(_POLL_S)
                 if not self._available():
                     return None if self.finished() else []
+        buffers = self.buffers
         batch: list[Frame] = []
         taken: dict[int, int] = {}
-        self._take(batch, taken)
+        self._take(batch, taken, buffers)
         if not batch:
             return []
         deadline_ns = batch[0].enqueued_ns + int(self.policy.max_wait_ms * 1e6)
         while len(batch) < self.policy.max_batch and not halt.is_set():
-            open_ = [b for i, b in enumerate(self.buffers) if taken.get(i, 0) < self._cap and not b.exhausted]
+            open_ = [b for i, b in enumerate(buffers) if taken.get(i, 0) < self._cap and not b.exhausted]
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0 or not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
                 break  # deadline passed, or waiting cannot add a frame
             with self.bell:
                 if not any(len(b) for b in open_):
                     self.bell.wait(min(remaining, _POLL_S))
-            self._take(batch, taken)
-        self._start = (self._start + 1) % max(1, len(self.buffers))
+            self._take(batch, taken, buffers)
+        self._start = (self._start + 1) % max(1, len(buffers))
         return batch

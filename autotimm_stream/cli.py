@@ -1,4 +1,4 @@
-"""Command line: ``autotimm-stream run | demo | export | info | listen``.
+"""Command line: ``autotimm-stream run | demo | export | info | listen | control``.
 
 A thin shell over :mod:`autotimm_stream.app`. User errors print one line and exit 2; a first
 Ctrl-C or SIGTERM stops gracefully (exit 0), a second one stops without draining.
@@ -243,6 +243,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
             received += 1
             if args.json:
                 print(json.dumps({"topic": topic, **header}), flush=True)
+            elif topic.startswith("status/"):
+                reason = f" ({header['reason']})" if header.get("reason") else ""
+                print(f"{topic} {header.get('state')}{reason}", flush=True)
             else:
                 print(f"{topic} #{header.get('frame_index', '')} {_summary_line(header)}".rstrip(), flush=True)
     except KeyboardInterrupt:
@@ -250,6 +253,39 @@ def cmd_listen(args: argparse.Namespace) -> int:
     finally:
         sock.close(0)
     return 0
+
+
+# -- control ------------------------------------------------------------------------------------
+def cmd_control(args: argparse.Namespace) -> int:
+    from .control import request
+
+    if args.action == "add":
+        if not args.arg:
+            return _fail("control add needs a source: a JSON object or a YAML/JSON file, like a config's sources[i]")
+        text = args.arg
+        if os.path.isfile(text):
+            with open(text, encoding="utf-8") as fh:
+                text = fh.read()
+        import yaml
+
+        try:
+            source = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return _fail(f"control add: the source is not valid JSON/YAML ({str(exc).splitlines()[0]})")
+        payload: dict[str, Any] = {"op": "add", "source": source}
+    elif args.action == "remove":
+        if not args.arg:
+            return _fail("control remove needs the id of a running source")
+        payload = {"op": "remove", "id": args.arg}
+    else:
+        payload = {"op": args.action}
+    try:
+        reply = request(args.endpoint, payload, timeout_s=args.timeout)
+    except TimeoutError as exc:
+        print(f"autotimm-stream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(reply, indent=1))
+    return 0 if reply.get("ok") else EXIT_FAILED
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -306,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub_l.add_argument("--count", type=int, help="exit after this many messages")
     sub_l.add_argument("--timeout", type=float, default=30.0, help="exit after this many quiet seconds")
     sub_l.set_defaults(func=cmd_listen)
+
+    c = sub.add_parser("control", help="add, remove or list the sources of a running engine")
+    c.add_argument("action", choices=("list", "add", "remove", "stats", "stop"))
+    c.add_argument("arg", nargs="?", help="add: source as JSON/YAML text or a file; remove: source id")
+    c.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the engine's control.endpoint")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    c.set_defaults(func=cmd_control)
     return p
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "load_config", "apply_overrides", "validate_config"]
+__all__ = ["RunConfig", "SourceConfig", "load_config", "apply_overrides", "validate_config", "validate_source"]
 
 _ID_RE = r"^[A-Za-z0-9_.-]+$"  # a source id appears in ZMQ topics and file names
 
@@ -24,11 +24,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class FileSourceConfig(_Strict):
+class _SourceBase(_Strict):
+    id: Annotated[str, Field(pattern=_ID_RE, description="unique name; used in topics and file names")]
+    max_staleness_ms: float | None = Field(
+        None, gt=0, le=3_600_000, description="frames older than this when a batch forms are dropped; null = no budget"
+    )
+
+
+class FileSourceConfig(_SourceBase):
     """A video file, decoded with PyAV."""
 
     type: Literal["file"] = "file"
-    id: Annotated[str, Field(pattern=_ID_RE, description="unique name; used in topics and file names")]
     uri: str = Field(description="path of the video file")
     policy: Literal["block", "latest"] = Field("block", description="full buffer: wait (block) or drop oldest")
     buffer_size: int = Field(32, ge=1, le=4096, description="ring buffer capacity in frames")
@@ -36,6 +42,110 @@ class FileSourceConfig(_Strict):
     decode_threads: int | None = Field(
         None, ge=0, le=64, description="FFmpeg decoder threads; 0 = FFmpeg's choice; null = 1 on CPU, 0 on CUDA"
     )
+
+
+class FolderSourceConfig(_SourceBase):
+    """Still images in a folder, in name order, as the frames of a video at ``fps``."""
+
+    type: Literal["folder"]
+    uri: str = Field(description="folder of images (JPEG, PNG, BMP, TIFF, WebP)")
+    pattern: str = Field("*", description="glob of the file names to take, e.g. '*.jpg'")
+    fps: float = Field(25.0, gt=0, le=1000, description="frame rate that gives each image its PTS")
+    policy: Literal["block", "latest"] = "block"
+    buffer_size: int = Field(32, ge=1, le=4096)
+    realtime: bool = Field(False, description="pace the images at fps, like a live camera")
+
+
+class ReconnectConfig(_Strict):
+    """Exponential backoff with jitter between connection attempts."""
+
+    initial_delay_s: float = Field(0.5, ge=0, le=3600)
+    max_delay_s: float = Field(30.0, gt=0, le=86_400)
+    multiplier: float = Field(2.0, ge=1, le=100)
+    jitter: float = Field(0.2, ge=0, lt=1, description="+- fraction of random spread")
+    max_attempts: int | None = Field(None, ge=1, description="consecutive failures before FAILED; null = forever")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError(f"max_delay_s ({self.max_delay_s}) must be >= initial_delay_s ({self.initial_delay_s})")
+        return self
+
+
+class _LiveSourceConfig(_SourceBase):
+    policy: Literal["block", "latest"] = Field("latest", description="live default: drop the oldest frame")
+    buffer_size: int = Field(4, ge=1, le=4096, description="ring buffer capacity in frames")
+    reconnect: ReconnectConfig = ReconnectConfig()
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="give up one connection attempt after this")
+    stall_frames: int = Field(50, ge=1, le=100_000, description="no frame for this many intervals: reconnect")
+    min_stall_s: float = Field(1.0, gt=0, le=3600, description="the stall watchdog never fires sooner than this")
+    skip_until_keyframe: bool = Field(
+        False, description="after a decode error or reconnect, drop frames until a keyframe"
+    )
+    decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg decoder threads (slice threading, no added delay)")
+
+
+class RtspSourceConfig(_LiveSourceConfig):
+    """An RTSP camera or server (PyAV)."""
+
+    type: Literal["rtsp"]
+    uri: str = Field(pattern=r"^rtsps?://.+", description="rtsp://[user:password@]host[:port]/path")
+    transport: Literal["tcp", "udp"] = "tcp"
+
+
+class UrlSourceConfig(_LiveSourceConfig):
+    """An HTTP(S) stream or HLS playlist (PyAV), or any other URL FFmpeg opens."""
+
+    type: Literal["url"]
+    uri: str = Field(pattern=r"^[a-z][a-z0-9+.-]*://.+", description="http(s)://..., e.g. an .m3u8 playlist")
+    live: bool = Field(True, description="its end is a disconnect (reconnect); false: the end of the source")
+    realtime: bool = Field(False, description="pace frames at their timestamps (for files served over HTTP)")
+
+
+class CameraSourceConfig(_LiveSourceConfig):
+    """A V4L2 camera (PyAV's v4l2 input)."""
+
+    type: Literal["camera"]
+    device: int | str = Field(0, description="index (0 = /dev/video0) or device path")
+    width: int | None = Field(None, ge=16, le=16384)
+    height: int | None = Field(None, ge=16, le=16384)
+    fps: float | None = Field(None, gt=0, le=1000)
+    input_format: str | None = Field(None, description="e.g. mjpeg or yuyv422; null = the camera's default")
+
+
+class TestSourceConfig(_LiveSourceConfig):
+    """FFmpeg's synthetic test pattern, paced in real time: a camera for demos and tests."""
+
+    type: Literal["testsrc"]
+    width: int = Field(640, ge=16, le=16384)
+    height: int = Field(480, ge=16, le=16384)
+    fps: float = Field(25.0, gt=0, le=1000)
+    pattern: Literal["testsrc", "testsrc2", "smptebars", "rgbtestsrc", "mandelbrot", "life"] = "testsrc2"
+
+
+def _source_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("type", "file")
+    return getattr(value, "type", "file")
+
+
+SourceConfig = Annotated[
+    Annotated[FileSourceConfig, Tag("file")]
+    | Annotated[FolderSourceConfig, Tag("folder")]
+    | Annotated[RtspSourceConfig, Tag("rtsp")]
+    | Annotated[UrlSourceConfig, Tag("url")]
+    | Annotated[CameraSourceConfig, Tag("camera")]
+    | Annotated[TestSourceConfig, Tag("testsrc")],
+    Discriminator(_source_type),
+]
+SOURCE_TYPES = ("file", "folder", "rtsp", "url", "camera", "testsrc")
+
+
+class ControlConfig(_Strict):
+    """A ZMQ REP socket that adds, removes and lists sources while the engine runs."""
+
+    enabled: bool = False
+    endpoint: str = Field("tcp://127.0.0.1:5556", pattern=r"^(tcp|ipc|inproc)://.+")
 
 
 class ModelConfig(_Strict):
@@ -89,15 +199,18 @@ class SinksConfig(_Strict):
 class RunConfig(_Strict):
     """The whole run: what to read, which model, how to batch, where results go."""
 
-    sources: list[FileSourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(default_factory=list, description="empty only with control enabled")
     model: ModelConfig
     batching: BatchingConfig = BatchingConfig()
     sinks: SinksConfig = SinksConfig()
+    control: ControlConfig = ControlConfig()
     output_dir: str = Field("out", description="folder for JSONL, video and the run summary")
     drain_timeout_s: float = Field(3.0, ge=0, le=60, description="on stop, how long buffered frames may drain")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RunConfig:
+        if not self.sources and not self.control.enabled:
+            raise ValueError("sources: at least one source is needed (or control.enabled, to add them at run time)")
         ids = [s.id for s in self.sources]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -110,7 +223,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("file",) and out.startswith("sources"):  # discriminator tag adds nothing
+        elif part in SOURCE_TYPES and (not out or out.startswith("sources")):  # discriminator tag adds nothing
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -124,6 +237,12 @@ def _format(exc: ValidationError, origin: str) -> str:
         kind = err["type"]
         if kind == "extra_forbidden":
             lines.append(f"{where}: unknown key (remove it or check its spelling)")
+        elif kind == "union_tag_invalid":
+            tag = (err.get("ctx") or {}).get("tag")
+            field_ = "type" if where == "(top level)" else f"{where}.type"
+            lines.append(f"{field_}: unknown source type {tag!r}; expected one of {list(SOURCE_TYPES)}")
+        elif kind == "value_error" and where == "(top level)":
+            lines.append(err["msg"].removeprefix("Value error, "))
         elif kind == "missing":
             lines.append(f"{where}: required field is missing")
         else:
@@ -139,6 +258,19 @@ def validate_config(data: Any, origin: str = "config") -> RunConfig:
         raise ConfigError(f"{origin}: expected a mapping with sources/model/..., got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, origin)) from None
+
+
+_SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
+
+
+def validate_source(data: Any, origin: str = "source") -> Any:
+    """One source's config (as in ``sources[i]``) from parsed JSON/YAML, or :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping with id/type/uri..., got {type(data).__name__}")
+    try:
+        return _SOURCE_ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, origin)) from None
 

@@ -9,6 +9,11 @@ The worker is two threads so decoding-side work overlaps the forward pass: *prep
 and converts it into a tensor, *infer* runs the network and post-processing while the next batch
 is being prepared.
 
+Sources can be added and removed while the pipeline runs (:meth:`Pipeline.add_source`,
+:meth:`Pipeline.remove_source`); with ``persistent`` the pipeline keeps running when it has no
+source left, waiting for the next one (a service driven over the control channel). Each
+source's state changes reach every sink at once (:meth:`Sink.status`), never queued behind results.
+
 Intra-op threads are set per worker thread: *infer* keeps torch's count (the model needs every
 core), *prep* uses ``prep_threads`` (1 by default). With torch's OpenMP backend the count is a
 per-thread setting that each thread takes from a global default the first time it uses torch;
@@ -29,11 +34,12 @@ from typing import Any
 import torch
 
 from .batching import Batcher, BatchPolicy
+from .errors import ConfigError
 from .frame import STAGES, Frame, Result
 from .postprocess import Postprocessor
 from .runtime.runner import ModelRunner
 from .sinks.base import EndOfStream, Sink, SinkRunner
-from .sources.base import Source
+from .sources.base import Source, StatusEvent
 from .stats import StageStats
 
 __all__ = ["Pipeline"]
@@ -62,26 +68,34 @@ class Pipeline:
         drain_timeout_s: float = 3.0,
         sink_queue: int = 4,
         prep_threads: int = 1,
+        persistent: bool = False,
     ):
-        if not sources:
-            raise ValueError("a pipeline needs at least one source")
+        if not sources and not persistent:
+            raise ValueError("a pipeline needs at least one source (or persistent=True, to add them later)")
         ids = [s.source_id for s in sources]
         if len(set(ids)) != len(ids):
             raise ValueError(f"source ids must be unique, got {ids}")
-        self.sources = sources
+        self.sources = list(sources)  # replaced, never mutated (threads iterate snapshots)
         self.runner = runner
         self.sinks = sinks
         self.policy = batch or BatchPolicy()
         self.stop_event = stop or threading.Event()
-        for s in sources:
-            s.stop = self.stop_event
         self.abort = threading.Event()
         self.postprocess = postprocessor or Postprocessor(runner.meta)
         self.drain_timeout_s = drain_timeout_s
         bells = {id(s.buffer.bell) for s in sources}
-        if len(bells) != 1:
+        if len(bells) > 1:
             raise ValueError("all source buffers must share one bell (threading.Condition)")
-        self.batcher = Batcher([s.buffer for s in sources], sources[0].buffer.bell, self.policy)
+        self.bell = sources[0].buffer.bell if sources else threading.Condition()
+        self._keep_open = threading.Event()
+        if persistent:
+            self._keep_open.set()
+        self._sources_lock = threading.Lock()
+        for s in sources:
+            self._adopt(s)
+        self.batcher = Batcher([s.buffer for s in sources], self.bell, self.policy, keep_open=self._keep_open)
+        self.retired: dict[str, Source] = {}  # sources removed at run time (ended, buffers empty), by id
+        self.status: dict[str, StatusEvent] = {}  # latest state change per source
         self._sink_runners = [SinkRunner(s, self.abort, capacity=sink_queue) for s in sinks]
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._threads: list[threading.Thread] = []
@@ -100,6 +114,7 @@ class Pipeline:
         self.ended_at = 0.0
         self._opened: list[Sink] = []
         self._closed = False
+        self.services: list[Any] = []  # started after the sources, closed first (the control channel)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self, warmup: bool = True) -> None:
@@ -132,12 +147,75 @@ class Pipeline:
         self.started_at = time.monotonic()
         for s in self.sources:
             s.start()
+        for svc in self.services:
+            svc.start()
 
     def stop(self) -> None:
         """Graceful stop: sources end, buffered frames drain (bounded), sinks close. Idempotent."""
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
+        self._keep_open.clear()
         self.stop_event.set()
+        with self.bell:
+            self.bell.notify_all()
+
+    def attach(self, service: Any) -> None:
+        """Own ``service`` (``start()``/``close()``): started with the pipeline, closed with it."""
+        self.services.append(service)
+
+    # -- sources at run time ------------------------------------------------------------------------
+    def _adopt(self, source: Source) -> None:
+        source.stop = self.stop_event
+        source.buffer.bell = self.bell
+        source.on_status = self._on_status
+
+    def add_source(self, source: Source) -> None:
+        """Add ``source`` (opened here: raises SourceError) and start it if the pipeline runs."""
+        with self._sources_lock:
+            if self.stop_event.is_set():
+                raise ConfigError(f"cannot add source {source.source_id!r}: the pipeline is stopping")
+            if any(s.source_id == source.source_id for s in self.sources):
+                raise ConfigError(f"a source with id {source.source_id!r} is already running; pick another id")
+            if len(source.buffer):
+                raise ValueError("a source added at run time must start with an empty buffer")
+            self._adopt(source)
+            if source.info is None:
+                source.open()
+            if self.started_at:
+                source.start()
+            self.retired.pop(source.source_id, None)
+            self.sources = [*self.sources, source]
+            self.batcher.set_buffers([s.buffer for s in self.sources])
+        _logger.info("source %s added (%s)", source.source_id, source.describe())
+
+    def remove_source(self, source_id: str, timeout: float = 5.0) -> bool:
+        """Stop one source; its buffered frames are still inferred. True once its thread has ended."""
+        match = [s for s in self.sources if s.source_id == source_id]
+        if not match:
+            known = [s.source_id for s in self.sources]
+            raise ConfigError(f"no running source with id {source_id!r}; running: {known}")
+        src = match[0]
+        src.remove()
+        if not src.started:  # nothing else will close its buffer
+            src.buffer.close()
+        return src.join(timeout)
+
+    def _on_status(self, event: StatusEvent) -> None:
+        self.status[event.source_id] = event
+        for r in self._sink_runners:
+            r.notify(event)
+
+    def _retire(self, ended: set[str]) -> None:
+        """Forget sources removed at run time once their last result is out (memory stays bounded)."""
+        with self._sources_lock:
+            gone = [s for s in self.sources if s.removed.is_set() and s.source_id in ended and not s.alive]
+            if not gone:
+                return
+            for s in gone:
+                self.retired[s.source_id] = s
+                ended.discard(s.source_id)
+            self.sources = [s for s in self.sources if s not in gone]
+            self.batcher.set_buffers([s.buffer for s in self.sources])
 
     def kill(self) -> None:
         """Stop without draining (a second Ctrl-C)."""
@@ -170,6 +248,8 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        for svc in self.services:  # no source may be added while everything stops
+            svc.close()
         self.stop()
         deadline = time.monotonic() + timeout
         if self._threads and not self._done.wait(max(0.0, deadline - time.monotonic())):
@@ -245,6 +325,7 @@ class Pipeline:
                     if not self._put((batch, x, formed_ns, prep_ms)):
                         return
                 self._announce_ends(ended)
+                self._retire(ended)
         finally:
             self._discard_leftovers()
             self._announce_ends(ended, final=True)
@@ -254,7 +335,12 @@ class Pipeline:
         for s in self.sources:
             if s.source_id not in ended and (s.buffer.exhausted or final):
                 ended.add(s.source_id)
-                reason = "error" if s.error else ("stopped" if self.stop_event.is_set() else "end")
+                if s.error:
+                    reason = "error"
+                elif s.removed.is_set():
+                    reason = "removed"
+                else:
+                    reason = "stopped" if self.stop_event.is_set() else "end"
                 self._put(EndOfStream(s.source_id, 0, reason, dict(s.buffer.drops)))
 
     def _discard_leftovers(self) -> None:
@@ -348,13 +434,8 @@ class Pipeline:
         """Frames, fps, drops by source and reason, per-stage latency, sink statistics."""
         elapsed = self.elapsed_s()
         sources = {}
-        for s in self.sources:
-            sources[s.source_id] = {
-                "frames_decoded": s.frames_decoded,
-                "frames_out": self.frames_out[s.source_id],
-                "drops": dict(s.buffer.drops),
-                "error": None if s.error is None else str(s.error),
-            }
+        for s in [*self.retired.values(), *self.sources]:
+            sources[s.source_id] = self._source_summary(s)
         total = self.frames_total
         return {
             "frames": total,
@@ -368,6 +449,21 @@ class Pipeline:
             "torch_threads": dict(self.thread_counts),
             "error": None if self.error is None else str(self.error),
         }
+
+    def _source_summary(self, s: Source) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "uri": s.describe(),
+            "frames_decoded": s.frames_decoded,
+            "frames_out": self.frames_out[s.source_id],
+            "drops": dict(s.buffer.drops),
+            "state": None if s.state is None else s.state.value,
+            "states_entered": dict(s.state_counts),
+            "error": None if s.error is None else str(s.error),
+        }
+        stats = getattr(s, "stats", None)
+        if stats is not None:
+            out.update({k: v for k, v in stats().items() if k not in out})
+        return out
 
     def __enter__(self) -> Pipeline:
         return self

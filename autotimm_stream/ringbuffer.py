@@ -1,7 +1,11 @@
-"""A bounded per-source frame buffer with two fill policies.
+"""A bounded per-source frame buffer with two fill policies and an optional staleness budget.
 
 ``block``  (files): a full buffer makes the producer wait; no frame is ever lost.
 ``latest`` (live):  a full buffer drops its oldest frame, counted as ``buffer_full``.
+
+``max_staleness_ms``: a frame that has waited longer than this when the batcher comes for it is
+dropped instead (counted as ``stale``), so a model slower than its streams works on recent
+frames, never on a backlog.
 
 Producers and the batching worker never wait without a timeout; every wait also watches the
 pipeline's stop event. Buffers share one :class:`threading.Condition` (the *bell*) so one worker
@@ -15,12 +19,19 @@ import enum
 import threading
 import time
 from collections import Counter
+from typing import Protocol
 
 from .frame import Frame
 
 __all__ = ["RingBuffer", "Policy"]
 
 _POLL_S = 0.1  # longest single wait; every loop re-checks the stop event at least this often
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()``: a ``threading.Event``, or a source's :class:`~.sources.base.Halt`."""
+
+    def is_set(self) -> bool: ...
 
 
 class Policy(str, enum.Enum):
@@ -33,11 +44,20 @@ class Policy(str, enum.Enum):
 class RingBuffer:
     """Bounded FIFO of :class:`Frame` for one source."""
 
-    def __init__(self, capacity: int, policy: Policy | str = Policy.BLOCK, bell: threading.Condition | None = None):
+    def __init__(
+        self,
+        capacity: int,
+        policy: Policy | str = Policy.BLOCK,
+        bell: threading.Condition | None = None,
+        max_staleness_ms: float | None = None,
+    ):
         if capacity < 1:
             raise ValueError(f"ring buffer capacity must be >= 1, got {capacity}")
+        if max_staleness_ms is not None and max_staleness_ms <= 0:
+            raise ValueError(f"max_staleness_ms must be > 0 (or None for no budget), got {max_staleness_ms}")
         self.capacity = capacity
         self.policy = Policy(policy)
+        self.max_staleness_ns = None if max_staleness_ms is None else int(max_staleness_ms * 1e6)
         self.bell = bell if bell is not None else threading.Condition()
         self._frames: collections.deque[Frame] = collections.deque()
         self._lock = threading.Lock()
@@ -59,7 +79,7 @@ class RingBuffer:
         """True when closed and empty: this source will deliver nothing more."""
         return self._closed and not self._frames
 
-    def put(self, frame: Frame, stop: threading.Event, timeout: float | None = None) -> bool:
+    def put(self, frame: Frame, stop: StopFlag, timeout: float | None = None) -> bool:
         """Add a frame; return False if it was not added (stop requested, buffer closed, timed out).
 
         Under ``block`` this waits for space (checking ``stop`` every 0.1 s, at most ``timeout``
@@ -90,11 +110,17 @@ class RingBuffer:
         return True
 
     def pop(self, n: int) -> list[Frame]:
-        """Remove and return up to ``n`` frames, oldest first (never waits)."""
+        """Remove and return up to ``n`` frames, oldest first (never waits); stale frames are dropped."""
         with self._lock:
+            before = len(self._frames)
+            if self.max_staleness_ns is not None:
+                oldest = time.monotonic_ns() - self.max_staleness_ns
+                while self._frames and self._frames[0].enqueued_ns < oldest:
+                    self._frames.popleft()
+                    self.drops["stale"] += 1
             k = min(n, len(self._frames))
             out = [self._frames.popleft() for _ in range(k)]
-            if k:
+            if len(self._frames) < before:
                 self._space.notify_all()
         return out
 

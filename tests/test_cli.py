@@ -273,7 +273,7 @@ def test_listen_prints_what_a_running_engine_publishes(clip, bundle, tmp_path, e
     from autotimm_stream.config import validate_config
 
     listener = subprocess.Popen(
-        [*CLI, "listen", endpoint, "--json", "--count", "49", "--timeout", "60"],
+        [*CLI, "listen", endpoint, "--json", "--count", "51", "--timeout", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -294,5 +294,9 @@ def test_listen_prints_what_a_running_engine_publishes(clip, bundle, tmp_path, e
             listener.kill()
     assert listener.returncode == 0, err
     messages = [json.loads(line) for line in out.splitlines()]
-    assert [m["topic"] for m in messages] == ["classification/cam"] * 48 + ["eos/cam"]
-    assert [m["frame_index"] for m in messages[:-1]] == list(range(48))
+    # state changes jump the results queue: "stopped" comes before the last results, "eos" last
+    assert messages[-1]["topic"] == "eos/cam"
+    status = [m["state"] for m in messages if m["topic"] == "status/cam"]
+    assert status == ["running", "stopped"]
+    results = [m for m in messages if m["topic"] == "classification/cam"]
+    assert [m["frame_index"] for m in results] == list(range(48))

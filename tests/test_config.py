@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from autotimm_stream.config import apply_overrides, load_config, validate_config
@@ -24,7 +26,7 @@ def test_defaults():
         ),
         ({"sources": [{"id": "bad id", "uri": "a.mp4"}]}, r"sources\[0\]\.id: .*pattern"),
         ({"sources": [{"id": "cam1"}]}, r"sources\[0\]\.uri: required field is missing"),
-        ({"sources": []}, r"sources: .*at least 1"),
+        ({"sources": []}, r"sources: at least one source is needed \(or control.enabled"),
         ({"batching": {"max_batch": "eight"}}, r"batching\.max_batch: .*valid integer.*got 'eight'"),
         ({"batching": {"max_batch": 0}}, r"batching\.max_batch: .*greater than or equal to 1, got 0"),
         ({"model": {}}, r"model\.path: required field is missing"),
@@ -86,3 +88,9 @@ def test_bad_overrides(override, message):
 
     with pytest.raises(ConfigError, match=message):
         apply_overrides(copy.deepcopy(BASE), [override])
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")), ids=str)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg.sources and cfg.model.path

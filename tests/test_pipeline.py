@@ -56,7 +56,15 @@ def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
     assert [r["frame_index"] for r in rows] == list(range(48))
     assert [r["pts"] for r in rows] == pytest.approx([i / 25 for i in range(48)])
     assert summary["frames"] == 48 and summary["drops"] == 0
-    assert summary["sources"]["cam"] == {"frames_decoded": 48, "frames_out": 48, "drops": {}, "error": None}
+    assert summary["sources"]["cam"] == {
+        "uri": str(clip),
+        "frames_decoded": 48,
+        "frames_out": 48,
+        "drops": {},
+        "state": "stopped",
+        "states_entered": {"running": 1, "stopped": 1},
+        "error": None,
+    }
     assert summary["batch_size_mean"] > 1  # the buffer of 4 fills while the model works: batches form
     # the model keeps torch's threads, preprocessing gets one, the global default is restored
     assert summary["torch_threads"] == {"infer": torch.get_num_threads(), "prep": 1}
@@ -115,7 +123,9 @@ def test_zmq_subscriber_receives_every_message(clip, bundle, tmp_path, endpoint)
     assert h["schema"] == 1 and h["source_id"] == "cam" and h["model"] == "test_resnet"
     assert {"decode", "queue", "preprocess", "infer", "post", "publish"} <= set(h["timings_ms"])
     assert h["publish_ns"] >= h["capture_ns"] and h["latency_ms"] >= 0
-    assert summary["sinks"]["zmq"]["sent"] == 49 and summary["sinks"]["zmq"]["dropped"] == 0
+    status = [(h["state"], h["previous"]) for topic, h in received if topic == "status/cam"]
+    assert status == [("running", None), ("stopped", "running")]
+    assert summary["sinks"]["zmq"]["sent"] == 51 and summary["sinks"]["zmq"]["dropped"] == 0
 
 
 def test_annotated_video_has_every_frame_at_source_pts(clip, bundle, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -9,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..frame import Result
+from ..sources.base import StatusEvent
 
 __all__ = ["Sink", "SinkRunner", "EndOfStream"]
 
 _logger = logging.getLogger(__name__)
 _POLL_S = 0.1
+_MAX_EVENTS = 1024
 
 
 @dataclass(slots=True)
@@ -42,6 +45,9 @@ class Sink:
 
     def end_of_stream(self, eos: EndOfStream) -> None:
         """Called once per source after its last result."""
+
+    def status(self, event: StatusEvent) -> None:
+        """A source changed state (connecting, running, reconnecting, stopped, failed)."""
 
     def close(self) -> None:
         """Flush and release; safe to call twice."""
@@ -72,6 +78,9 @@ class SinkRunner:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._main, name=f"sink-{sink.name}")
         self.error: BaseException | None = None
+        # state changes jump the queue (a reconnect must not wait behind a backlog of results);
+        # bounded: a flapping source cannot grow memory, the oldest events are forgotten first
+        self._events: collections.deque[StatusEvent] = collections.deque(maxlen=_MAX_EVENTS)
 
     def start(self) -> None:
         self._thread.start()
@@ -86,6 +95,14 @@ class SinkRunner:
             except queue.Full:
                 continue
         return False
+
+    def notify(self, event: StatusEvent) -> None:
+        """Pass a state change on to the sink soon (within 0.1 s), never blocking the caller."""
+        self._events.append(event)
+
+    def _flush_events(self) -> None:
+        while self._events:
+            self.sink.status(self._events.popleft())
 
     def finish(self) -> None:
         """Ask the thread to drain its queue, close the sink and end."""
@@ -112,9 +129,13 @@ class SinkRunner:
                 try:
                     item = self._queue.get(timeout=_POLL_S)
                 except queue.Empty:
+                    self._flush_events()
                     if self.halt.is_set():
                         return
                     continue
+                # events raised before this item was queued go out before it (a source's
+                # "stopped" before its end-of-stream)
+                self._flush_events()
                 if item is _END:
                     return
                 if isinstance(item, EndOfStream):

@@ -13,6 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
+import cv2
 
 from ..annotate import draw_result
 from ..errors import SinkError
@@ -74,7 +75,10 @@ class _Writer:
         self.last_pts = pts
         image = draw_result(result)
         if image.shape[0] != self.stream.height or image.shape[1] != self.stream.width:
-            image = image[: self.stream.height, : self.stream.width]
+            if image.shape[0] - self.stream.height in (0, 1) and image.shape[1] - self.stream.width in (0, 1):
+                image = image[: self.stream.height, : self.stream.width]  # odd size: yuv420p drops a row
+            else:  # a live stream came back at another size: keep one file, one size
+                image = cv2.resize(image, (self.stream.width, self.stream.height), interpolation=cv2.INTER_AREA)
         vf = av.VideoFrame.from_ndarray(image, format="rgb24")
         vf.pts = pts
         vf.time_base = self.time_base
@@ -110,6 +114,7 @@ class VideoSink(Sink):
         self._writers: dict[str, _Writer] = {}
         self.paths: dict[str, str] = {}
         self.frames: dict[str, int] = {}
+        self._used: set[str] = set()
 
     def open(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path_template)) or "."
@@ -120,6 +125,12 @@ class VideoSink(Sink):
         w = self._writers.get(r.source_id)
         if w is None:
             path = video_path(self.path_template, r.source_id, self.several)
+            n = 1
+            while path in self._used:  # a source removed and added again: never overwrite its file
+                n += 1
+                root, ext = os.path.splitext(video_path(self.path_template, r.source_id, self.several))
+                path = f"{root}_{n}{ext}"
+            self._used.add(path)
             tb = r.frame.time_base if isinstance(r.frame.time_base, Fraction) else _FALLBACK_TB
             try:
                 w = _Writer(path, r.frame.width, r.frame.height, tb, self.fps.get(r.source_id), self.options)

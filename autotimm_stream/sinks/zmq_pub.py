@@ -1,8 +1,8 @@
 """Publishes results on a ZeroMQ PUB-compatible socket, never blocking the pipeline.
 
 Wire format (schema 1): multipart ``[topic, header, payload...]``; ``topic`` is
-``<task>/<source_id>`` (or ``eos/<source_id>`` after a source's last result), ``header`` a UTF-8
-JSON object with a ``schema`` field. Segmentation results add one payload frame, the class map
+``<task>/<source_id>`` (or ``eos/<source_id>`` after a source's last result, ``status/<source_id>``
+when a source changes state), ``header`` a UTF-8 JSON object with a ``schema`` field. Segmentation results add one payload frame, the class map
 (raw ``uint8``, row-major, shape and encoding in ``header["mask"]``). See ``docs/protocol.md``.
 
 The socket is an XPUB with ``XPUB_NODROP``: a send that would exceed the high-water mark fails
@@ -23,6 +23,7 @@ import zmq
 
 from ..errors import SinkError
 from ..frame import Result, ms_since
+from ..sources.base import StatusEvent
 from ..stats import StageStats
 from .base import EndOfStream, Sink
 
@@ -127,6 +128,9 @@ class ZmqSink(Sink):
             f"eos/{eos.source_id}",
             {"schema": SCHEMA_VERSION, "source_id": eos.source_id, "frames": eos.frames, "reason": eos.reason},
         )
+
+    def status(self, event: StatusEvent) -> None:
+        self._send(f"status/{event.source_id}", {"schema": SCHEMA_VERSION, **event.to_json()})
 
     def close(self) -> None:
         if self._sock is not None:

@@ -87,6 +87,9 @@ class FileSource(Source):
         self.realtime = realtime
         self._container: av.container.InputContainer | None = None
 
+    def describe(self) -> str:
+        return self.path
+
     def open(self) -> SourceInfo:
         if self._container is None:
             self._container = _open_container(self.path, self.source_id)
@@ -112,7 +115,7 @@ class FileSource(Source):
         wall0 = time.monotonic()
         t0 = time.perf_counter()
         for packet in self._container.demux(stream):
-            if self.stop.is_set():
+            if self.halted.is_set():
                 return
             try:
                 decoded = packet.decode()
@@ -138,7 +141,7 @@ class FileSource(Source):
                     pts = float(raw * time_base)
                 if self.realtime:
                     delay = pts - (time.monotonic() - wall0)
-                    if delay > 0 and self.stop.wait(delay):
+                    if delay > 0 and self.halted.wait(delay):
                         return
                 frame = Frame(
                     source_id=self.source_id,
@@ -152,6 +155,6 @@ class FileSource(Source):
                     pts_raw=raw,
                 )
                 self.frames_decoded += 1
-                if not self.buffer.put(frame, self.stop):
+                if not self.buffer.put(frame, self.halted):
                     return
                 t0 = time.perf_counter()

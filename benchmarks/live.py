@@ -1,0 +1,677 @@
+"""Live RTSP streams against a model slower than their sum: bounded latency, drops, capacity.
+
+Real RTSP streams (``tests/rtsp.py``: GStreamer's gst-rtsp-server under ``/usr/bin/python3``, a
+moving-ball test pattern encoded live with x264 ``ultrafast``/``zerolatency``, default 640x360 at
+25 fps, one server process per stream, all on 127.0.0.1) feed the real engine
+(:func:`build_pipeline` on a validated config): ``rtsp`` sources over TCP with ``policy: latest``,
+``buffer_size: 4``, ``max_staleness_ms: 500``; ``max_batch: 8``, ``max_wait_ms: 20``,
+``max_frames_per_source: 2``; the ZMQ sink on a free 127.0.0.1 port with one subscriber (this
+script, on its own thread), JSONL and video sinks off. The model is a ``resnet18`` bundle at 224
+with 1000 classes and random weights (speed does not depend on them), cached in ``--out``.
+
+One run measures, in this order:
+
+1. **model-only fps** at batch 8: ``runner.forward(x)`` on a fresh :class:`ModelRunner`, on a
+   separate thread (as the engine's ``worker-infer`` thread calls it), frames preprocessed
+   beforehand. Measured before and again after the live runs (the machine's speed drifts).
+2. **overload**: N streams (default ``ceil(1.5 * model_fps / stream_fps) + 1``, at least 2), so
+   the model is clearly slower than their sum. The clock starts when every source is RUNNING
+   and runs for ``--seconds``. Per stream: fps in (``frames_decoded`` / seconds), fps out
+   (results / seconds), drops by reason, all as differences of the pipeline summary taken at
+   the start and end of that interval. Latency is the published ``latency_ms`` of every result
+   received in the interval (capture = the frame leaving the decoder, to publish on ZMQ):
+   p50/p95/p99 overall and per 5-second window (by publish time), the least-squares slope of
+   latency against time (ms per minute), and last-window p95 / first-window p95. Latency must
+   stay bounded while frames are dropped, not grow with a backlog.
+3. **capacity sweep**, for each rate in ``--stream-fps``: the largest N of streams that the
+   engine sustains with < 1 % drops (drops / frames decoded over ``--sweep-seconds`` after a
+   ``--sweep-warmup`` once every source is RUNNING). N starts at half the theoretical limit
+   ``model_fps / stream_fps`` (at least 1) and goes up until a step fails, or down until one
+   passes. A failing step is run a second time before it counts (one noisy window must not
+   decide). Every try is reported with its drop rate, next to the theoretical limit.
+
+The RTSP servers run on the same cores as the engine (each ~0.1 core at 640x360/25 fps), and so
+does decoding: the figures are what the engine gets on this machine with the cameras local,
+which is less than the model alone would allow. Each measurement records the cores used by this
+process, by the RTSP servers and by everything else (``/proc``), and the load average.
+
+Everything is written to ``<out>/live.json``; a Markdown table is printed. Needs
+``/usr/bin/python3`` with GStreamer's RTSP server bindings (``tests/rtsp.py`` says which packages).
+
+Usage::
+
+    .venv/bin/python benchmarks/live.py                      # ~2-4 min: 40 s overload, sweep at 25 fps
+    .venv/bin/python benchmarks/live.py --quick              # ~1-2 min: 15 s overload, 8 s sweep steps
+    .venv/bin/python benchmarks/live.py --stream-fps 25 10   # overload at 25 fps, sweeps at 25 and 10 fps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tests.rtsp (the RTSP server) and benchmarks.throughput (shared helpers)
+    sys.path.insert(0, str(REPO))
+
+from autotimm_stream.app import build_pipeline  # noqa: E402
+from autotimm_stream.config import validate_config  # noqa: E402
+from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
+from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info  # noqa: E402
+from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
+
+_logger = logging.getLogger("benchmarks.live")
+
+BATCH = 8
+WINDOW_S = 5.0  # latency-over-time window
+DROP_LIMIT = 0.01  # a sweep step passes below 1 % drops
+RUNNING_TIMEOUT_S = 30.0  # every source must be RUNNING by then
+MAX_SWEEP_N = 32
+BOUNDED_RATIO = 1.5  # latency is "bounded" when last-window p95 <= 1.5 x first-window p95 ...
+BOUNDED_GROWTH = 0.5  # ... and the fitted growth over the run is <= 0.5 x the overall p50
+HEADER_STAGES = ("decode", "queue", "preprocess", "infer", "post", "publish")  # the header's timings_ms
+SOURCE_DEFAULTS = {"policy": "latest", "buffer_size": 4, "max_staleness_ms": 500}
+BATCHING = {"max_batch": BATCH, "max_wait_ms": 20, "max_frames_per_source": 2}
+
+
+# -- model only ---------------------------------------------------------------------------------
+def model_only_fps(
+    bundle: Path, width: int, height: int, seconds: float, rounds: int = 3, other_batches: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """Batch-``BATCH`` forward passes on a fresh runner, on a separate thread: the median of ``rounds``
+    rounds of ``seconds / rounds`` each. Each round is followed by half as long at every size of
+    ``other_batches`` (interleaved, so a slow patch of the machine hits every size alike)."""
+    box: dict[str, Any] = {}
+
+    def timed(runner: ModelRunner, x: torch.Tensor, span: float, batch_ms: list[float]) -> float:
+        n, t_start = 0, time.perf_counter()
+        while time.perf_counter() - t_start < span or n < 3:
+            t0 = time.perf_counter()
+            runner.forward(x)
+            batch_ms.append((time.perf_counter() - t0) * 1e3)
+            n += 1
+        return n * x.shape[0] / (time.perf_counter() - t_start)
+
+    def target() -> None:
+        try:
+            runner = ModelRunner(bundle, device="cpu")
+            runner.warmup(tuple(sorted({1, BATCH, *other_batches})))
+            frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+            x = runner.preprocess([frame] * BATCH)
+            batch_ms: list[float] = []
+            runs: dict[int, list[float]] = {b: [] for b in (BATCH, *other_batches)}
+            for _ in range(rounds):
+                runs[BATCH].append(timed(runner, x, seconds / rounds, batch_ms))
+                for b in other_batches:
+                    runs[b].append(timed(runner, x[:b], seconds / rounds / 2, []))
+            by_batch = {b: round(statistics.median(v), 2) for b, v in sorted(runs.items())}
+            box["result"] = {
+                "fps": by_batch[BATCH],
+                "fps_runs": [round(v, 2) for v in runs[BATCH]],
+                "batch_ms_p50": round(statistics.median(batch_ms), 2),
+                "batches": len(batch_ms),
+                "fps_by_batch": by_batch,
+                "thread": "separate thread (as the engine's worker-infer)",
+            }
+        except BaseException as exc:  # re-raised on the calling thread
+            box["error"] = exc
+
+    meter = CpuMeter()
+    t = threading.Thread(target=target, name="bench-model-only")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    box["result"]["cpu"] = meter.stop()
+    return box["result"]
+
+
+# -- RTSP servers -------------------------------------------------------------------------------
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class ServerPool:
+    """RTSP servers kept across runs (an idle server encodes nothing), started from the main thread."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._servers: dict[int, list[RtspServer]] = {}
+
+    def get(self, n: int, fps: int) -> list[RtspServer]:
+        """``n`` running servers at ``fps``, starting the missing ones."""
+        have = self._servers.setdefault(fps, [])
+        while len(have) < n:
+            server = RtspServer(self.width, self.height, fps)
+            have.append(server)  # before start: close() reaches it even if start fails halfway
+            server.start()
+            _logger.info("rtsp server %d (%d fps) at %s", len(have), fps, server.url)
+        for s in have[:n]:
+            if not s.running:
+                raise RuntimeError(f"RTSP server {s.url} died (exit {s.returncode}): {s.stderr().strip()[-500:]}")
+        return have[:n]
+
+    def close(self) -> None:
+        for servers in self._servers.values():
+            for s in servers:
+                s.close()
+        self._servers.clear()
+
+
+# -- results from ZMQ ---------------------------------------------------------------------------
+class Collector:
+    """A SUB socket on its own thread keeping what the benchmark needs from every result header."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.samples: list[tuple[int, int, float, str, int, dict[str, float]]] = []
+        self.other: dict[str, int] = {}  # status/eos messages seen, by topic prefix
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.connect(endpoint)
+        self._thread = threading.Thread(target=self._main, name="bench-sub")
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._sock.poll(100, zmq.POLLIN):
+                    continue
+                while True:
+                    try:
+                        parts = self._sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    topic = parts[0].decode()
+                    kind = topic.split("/", 1)[0]
+                    if kind in ("status", "eos"):
+                        self.other[kind] = self.other.get(kind, 0) + 1
+                        continue
+                    h = json.loads(parts[1])
+                    self.samples.append(
+                        (h["publish_ns"], h["capture_ns"], h["latency_ms"], h["source_id"], h["batch_size"],
+                         h["timings_ms"])
+                    )  # fmt: skip
+        except BaseException as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self._sock.close(0)
+
+
+# -- one live run -------------------------------------------------------------------------------
+def engine_config(urls: list[str], bundle: Path, endpoint: str, out_dir: Path) -> dict[str, Any]:
+    return {
+        "sources": [{"id": f"s{i}", "type": "rtsp", "uri": u, **SOURCE_DEFAULTS} for i, u in enumerate(urls)],
+        "model": {"path": str(bundle), "device": "cpu"},
+        "batching": dict(BATCHING),
+        "sinks": {
+            "zmq": {"endpoint": endpoint, "wait_subscribers": 1},
+            "jsonl": {"enabled": False},
+            "video": {"enabled": False},
+        },
+        "output_dir": str(out_dir),
+    }
+
+
+def _wait_running(pipeline: Any, ids: list[str], timeout: float) -> float:
+    """Seconds until every source is RUNNING; raises when one is not by ``timeout``."""
+    t0 = time.monotonic()
+    while True:
+        states = {k: v["state"] for k, v in pipeline.summary()["sources"].items()}
+        if all(states.get(i) == "running" for i in ids):
+            return time.monotonic() - t0
+        if pipeline.done or time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"sources not all RUNNING after {time.monotonic() - t0:.1f} s: {states}")
+        time.sleep(0.05)
+
+
+def _sleep_watching(pipeline: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if pipeline.done:
+            raise RuntimeError(f"the engine stopped during the measurement: {pipeline.error}")
+        time.sleep(min(left, 0.25))
+
+
+def _pct(values: list[float] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    if not a.size:
+        return {"count": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "count": int(a.size),
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "p99": round(float(p99), 1),
+        "max": round(float(a.max()), 1),
+    }
+
+
+def latency_report(samples: list[tuple], w0: int, w1: int) -> dict[str, Any]:
+    """Latency overall, per ``WINDOW_S`` window of publish time, and its trend, for [w0, w1) (ns)."""
+    inside = [s for s in samples if w0 <= s[0] < w1]
+    t = np.array([(s[0] - w0) / 1e9 for s in inside])
+    lat = np.array([s[2] for s in inside])
+    duration = (w1 - w0) / 1e9
+    # what the published timings_ms leave out: capture -> publish minus the stages it lists (decode
+    # happens before capture_ns); in this engine, the wait of a prepared batch for the model
+    hidden = np.array([s[2] - sum(s[5].get(k, 0.0) for k in HEADER_STAGES[1:]) for s in inside])
+    infer = np.array([s[5].get("infer", 0.0) for s in inside])
+    windows = []
+    for k in range(math.ceil(duration / WINDOW_S - 1e-9)):
+        lo, hi = k * WINDOW_S, min((k + 1) * WINDOW_S, duration)
+        if hi - lo < WINDOW_S / 2:  # a sliver left over at the end (sleep overshoot)
+            continue
+        sel = (t >= lo) & (t < hi)
+        windows.append(
+            {
+                "from_s": round(lo, 1),
+                "to_s": round(hi, 1),
+                **_pct(lat[sel]),
+                "infer_batch_ms_mean": round(float(infer[sel].mean()), 1) if sel.any() else 0.0,
+            }
+        )
+    full = [w for w in windows if w["count"]]
+    slope = float(np.polyfit(t, lat, 1)[0]) * 60 if t.size > 2 else 0.0  # ms per minute
+    overall = _pct(lat)
+    ratio = round(full[-1]["p95"] / full[0]["p95"], 3) if len(full) >= 2 and full[0]["p95"] else None
+    growth = slope * duration / 60  # what the fitted line adds over the run, ms
+    bounded = ratio is not None and ratio <= BOUNDED_RATIO and growth <= BOUNDED_GROWTH * overall["p50"]
+    stages = {}
+    for name in HEADER_STAGES:
+        vals = [s[5].get(name, 0.0) for s in inside]
+        stages[name] = round(float(np.mean(vals)), 2) if vals else 0.0
+    stages["not_in_timings"] = round(float(hidden.mean()), 2) if hidden.size else 0.0
+    return {
+        "overall_ms": overall,
+        "windows": windows,
+        "slope_ms_per_min": round(slope, 2),
+        "fitted_growth_ms": round(growth, 1),
+        "last_over_first_p95": ratio,
+        "bounded": bounded,
+        "stages_mean_ms": stages,
+        "batch_size_mean": round(float(np.mean([s[4] for s in inside])), 2) if inside else 0.0,
+    }
+
+
+def run_live(servers: list[RtspServer], bundle: Path, out_dir: Path, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """One engine run on ``servers``; measured for ``seconds`` from ``warmup_s`` after all are RUNNING."""
+    ids = [f"s{i}" for i in range(len(servers))]
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = validate_config(engine_config([s.url for s in servers], bundle, endpoint, out_dir), origin="benchmark")
+    collector = Collector(endpoint)  # connects before the sink binds: ZMQ retries until it does
+    pipeline = None
+    try:
+        pipeline = build_pipeline(cfg)
+        t_start = time.monotonic()
+        pipeline.start()
+        startup_s = time.monotonic() - t_start
+        to_running = _wait_running(pipeline, ids, RUNNING_TIMEOUT_S)
+        if warmup_s:
+            _sleep_watching(pipeline, warmup_s)
+        pids = [s.proc.pid for s in servers if s.proc is not None]
+        srv0 = sum(_proc_cpu_s(p) for p in pids)
+        meter, snap0, w0, m0 = CpuMeter(), pipeline.summary(), time.time_ns(), time.monotonic()
+        _sleep_watching(pipeline, seconds)
+        snap1, w1, m1, cpu = pipeline.summary(), time.time_ns(), time.monotonic(), meter.stop()
+        srv_cores = (sum(_proc_cpu_s(p) for p in pids) - srv0) / (m1 - m0)
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+            pipeline.wait(10)
+            pipeline.close()
+        collector.close()
+    final = pipeline.summary()
+    if final.get("error"):
+        raise RuntimeError(f"engine run failed: {final['error']}")
+    if collector.error is not None:
+        raise RuntimeError(f"ZMQ subscriber failed: {collector.error}")
+    elapsed = (m1 - m0) or 1e-9
+    cpu["servers_cores"] = round(srv_cores, 2)
+    cpu["others_cores"] = round(max(0.0, cpu["others_cores"] - srv_cores), 2)  # the servers counted apart
+    streams = {}
+    for i in ids:
+        a, b = snap0["sources"][i], snap1["sources"][i]
+        reasons = sorted(set(a["drops"]) | set(b["drops"]))
+        drops = {r: b["drops"].get(r, 0) - a["drops"].get(r, 0) for r in reasons}
+        decoded = b["frames_decoded"] - a["frames_decoded"]
+        fin = final["sources"][i]
+        lost = sum(v for r, v in fin["drops"].items() if r != "decode_error")  # decode errors never count as decoded
+        streams[i] = {
+            "fps_in": round(decoded / elapsed, 2),
+            "fps_out": round((b["frames_out"] - a["frames_out"]) / elapsed, 2),
+            "frames_decoded": decoded,
+            "frames_out": b["frames_out"] - a["frames_out"],
+            "drops": {r: v for r, v in drops.items() if v},
+            "drop_rate": round(sum(drops.values()) / decoded, 4) if decoded else None,
+            "state_end": b["state"],
+            "reconnects": b.get("reconnects", 0),
+            "run_total": {
+                "frames_decoded": fin["frames_decoded"],
+                "frames_out": fin["frames_out"],
+                "drops": fin["drops"],
+                # every decoded frame is either a result or a counted drop once the engine has closed
+                "accounted": fin["frames_decoded"] == fin["frames_out"] + lost,
+            },
+        }
+    decoded = sum(s["frames_decoded"] for s in streams.values())
+    dropped = sum(sum(s["drops"].values()) for s in streams.values())
+    return {
+        "streams": len(servers),
+        "stream_fps": servers[0].fps,
+        "seconds": round(elapsed, 2),
+        "startup_s": round(startup_s, 2),
+        "to_running_s": round(to_running, 2),
+        "warmup_s": warmup_s,
+        "per_stream": streams,
+        "fps_in": round(decoded / elapsed, 2),
+        "fps_out": round(sum(s["frames_out"] for s in streams.values()) / elapsed, 2),
+        "drop_rate": round(dropped / decoded, 4) if decoded else None,
+        "drops": _sum_drops(streams.values()),
+        "latency": latency_report(collector.samples, w0, w1),
+        "results_received": sum(1 for s in collector.samples if w0 <= s[0] < w1),
+        "cpu": cpu,
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        "zmq": final["sinks"]["zmq"]["sent"],
+        "zmq_dropped": final["sinks"]["zmq"]["dropped"],
+        "torch_threads": final["torch_threads"],
+    }
+
+
+def _sum_drops(streams: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for s in streams:
+        for r, v in s["drops"].items():
+            total[r] = total.get(r, 0) + v
+    return total
+
+
+# -- capacity sweep -----------------------------------------------------------------------------
+def sweep(pool: ServerPool, bundle: Path, out: Path, fps: int, model_fps: float, args: argparse.Namespace) -> dict:
+    """Largest N of ``fps`` streams with < ``DROP_LIMIT`` drops; every try is kept."""
+    limit = model_fps / fps
+    start = args.sweep_start or max(1, math.floor(limit / 2))
+    tries: list[dict[str, Any]] = []
+    verdict: dict[int, bool] = {}
+
+    def attempt(n: int) -> bool:
+        for k in (1, 2):  # a failing step runs twice: one noisy window must not decide
+            _logger.info("sweep %d fps: N=%d (try %d)", fps, n, k)
+            r = run_live(pool.get(n, fps), bundle, out / "live_run", args.sweep_seconds, args.sweep_warmup)
+            ok = r["drop_rate"] is not None and r["drop_rate"] < DROP_LIMIT
+            ok = ok and all(s["state_end"] == "running" and not s["reconnects"] for s in r["per_stream"].values())
+            tries.append(
+                {
+                    "n": n,
+                    "try": k,
+                    "pass": ok,
+                    "drop_rate": r["drop_rate"],
+                    "drops": r["drops"],
+                    "fps_in": r["fps_in"],
+                    "fps_out": r["fps_out"],
+                    "latency_ms": r["latency"]["overall_ms"],
+                    "cpu": r["cpu"],
+                    "seconds": r["seconds"],
+                }
+            )
+            _logger.info(
+                "sweep %d fps: N=%d drops %.2f %% (%s), fps in %.1f out %.1f, latency p95 %.0f ms -> %s",
+                fps,
+                n,
+                100 * (r["drop_rate"] or 0),
+                r["drops"],
+                r["fps_in"],
+                r["fps_out"],
+                r["latency"]["overall_ms"]["p95"],
+                "pass" if ok else "fail",
+            )
+            if ok:
+                break
+        verdict[n] = ok
+        return ok
+
+    n = start
+    if attempt(n):
+        while n < MAX_SWEEP_N and attempt(n + 1):
+            n += 1
+        capacity = n
+    else:
+        while n > 1 and not attempt(n - 1):
+            n -= 1
+        capacity = n - 1 if n > 1 else 0
+    return {
+        "stream_fps": fps,
+        "capacity": capacity,
+        "theoretical_limit": round(limit, 2),
+        "capacity_over_limit": round(capacity / limit, 3) if limit else None,
+        "model_fps": model_fps,
+        "start": start,
+        "tries": tries,
+    }
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def print_report(report: dict[str, Any]) -> None:
+    """Markdown tables on stdout."""
+    m, p, r = report["machine"], report["params"], report["results"]
+    mo = r["model_only"]
+    print(
+        f"machine: {m['cpu']}, {m['cpus_usable']}/{m['cpu_count']} cpus usable, torch {m['torch']} "
+        f"({m['torch_threads']} threads), av {m['pyav']}, load avg {m['loadavg_start']} -> {m['loadavg_end']}"
+    )
+    print(
+        f"model: {p['model']}@{p['image_size']} (random weights), streams {p['width']}x{p['height']}; "
+        f"model-only batch {BATCH}: {mo['before']['fps']:.1f} fps before, {mo['after']['fps']:.1f} fps after "
+        f"(separate thread); by batch size (before): "
+        + ", ".join(f"{b}: {v:.1f}" for b, v in mo["before"]["fps_by_batch"].items())
+        + "\n"
+    )
+    ov = r.get("overload")
+    if ov:
+        lat = ov["latency"]
+        print(
+            f"### overload: {ov['streams']} streams x {ov['stream_fps']} fps = {ov['streams'] * ov['stream_fps']} fps "
+            f"offered, model-only {mo['before']['fps']:.1f} fps, {ov['seconds']:.0f} s\n"
+        )
+        print("| stream | fps in | fps out | drops (reason: frames) | drop % |")
+        print("|---|---:|---:|---|---:|")
+        for sid, s in ov["per_stream"].items():
+            drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "none"
+            print(f"| {sid} | {s['fps_in']:.1f} | {s['fps_out']:.1f} | {drops} | {100 * (s['drop_rate'] or 0):.1f} |")
+        drops = ", ".join(f"{k}: {v}" for k, v in ov["drops"].items()) or "none"
+        print(f"| all | {ov['fps_in']:.1f} | {ov['fps_out']:.1f} | {drops} | {100 * (ov['drop_rate'] or 0):.1f} |")
+        o = lat["overall_ms"]
+        print(
+            f"\ncapture->publish latency (ms, {o['count']} results): p50 {o['p50']}, p95 {o['p95']}, "
+            f"p99 {o['p99']}, max {o['max']}; mean batch {lat['batch_size_mean']}"
+        )
+        print(
+            "mean per-stage ms (result headers' timings_ms; not_in_timings = latency minus queue..publish): "
+            + ", ".join(f"{k} {v}" for k, v in lat["stages_mean_ms"].items())
+        )
+        print(f"engine fps out / model-only fps: {ov['fps_out'] / mo['before']['fps']:.2f}")
+        cpu = ov["cpu"]
+        print(
+            f"cores busy: engine {cpu['own_cores']}, rtsp servers {cpu['servers_cores']}, others {cpu['others_cores']}\n"
+        )
+        print("| window (s) | results | p50 ms | p95 ms | p99 ms | infer ms/batch |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for w in lat["windows"]:
+            print(
+                f"| {w['from_s']:g}-{w['to_s']:g} | {w['count']} | {w['p50']} | {w['p95']} | {w['p99']} "
+                f"| {w['infer_batch_ms_mean']} |"
+            )
+        print(
+            f"\ntrend: {lat['slope_ms_per_min']:+.1f} ms/min (least squares; {lat['fitted_growth_ms']:+.1f} ms over "
+            f"the run), last/first window p95 {lat['last_over_first_p95']} -> "
+            f"{'bounded' if lat['bounded'] else 'NOT BOUNDED'}\n"
+        )
+    for sw in r.get("sweeps", []):
+        print(
+            f"### capacity at {sw['stream_fps']} fps: {sw['capacity']} streams (< {100 * DROP_LIMIT:g} % drops); "
+            f"theoretical model_fps / stream_fps = {sw['theoretical_limit']}, ratio {sw['capacity_over_limit']}\n"
+        )
+        print("| N | try | fps in | fps out | drop % | drops | latency p95 ms | cores engine/servers/others | |")
+        print("|---:|---:|---:|---:|---:|---|---:|---|---|")
+        for t in sw["tries"]:
+            drops = ", ".join(f"{k}: {v}" for k, v in t["drops"].items()) or "none"
+            c = t["cpu"]
+            print(
+                f"| {t['n']} | {t['try']} | {t['fps_in']:.1f} | {t['fps_out']:.1f} | {100 * (t['drop_rate'] or 0):.2f} "
+                f"| {drops} | {t['latency_ms']['p95']} | {c['own_cores']}/{c['servers_cores']}/{c['others_cores']} "
+                f"| {'pass' if t['pass'] else 'fail'} |"
+            )
+        print()
+    print(f"wall time {report['wall_s']:.0f} s; written: {report['json_path']}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--quick", action="store_true", help="shorter: 15 s overload, 8 s sweep steps")
+    p.add_argument("--out", default="bench_out", help="cache and output folder (default bench_out)")
+    p.add_argument("--streams", type=int, default=None, help="overload streams (default ceil(1.5 fps ratio) + 1)")
+    p.add_argument("--seconds", type=float, default=None, help="overload measurement (default 40, quick 15)")
+    p.add_argument(
+        "--stream-fps",
+        type=int,
+        nargs="+",
+        default=[25],
+        help="stream frame rate(s): the first for the overload, a capacity sweep for each (default 25)",
+    )
+    p.add_argument("--width", type=int, default=640, help="stream width (default 640)")
+    p.add_argument("--height", type=int, default=360, help="stream height (default 360)")
+    p.add_argument("--model", default="resnet18", help="timm model name (default resnet18)")
+    p.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
+    p.add_argument("--sweep-seconds", type=float, default=None, help="measured window per sweep step (15, quick 8)")
+    p.add_argument("--sweep-warmup", type=float, default=None, help="settling time per sweep step (3, quick 2)")
+    p.add_argument("--sweep-start", type=int, default=None, help="first N of the sweep (default: half the limit)")
+    p.add_argument("--no-sweep", action="store_true", help="overload scenario only")
+    p.add_argument("--no-overload", action="store_true", help="capacity sweep only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    args.seconds = args.seconds or (15.0 if args.quick else 40.0)
+    args.sweep_seconds = args.sweep_seconds or (8.0 if args.quick else 15.0)
+    args.sweep_warmup = args.sweep_warmup if args.sweep_warmup is not None else (2.0 if args.quick else 3.0)
+    for name in ("width", "height", "image_size", "seconds", "sweep_seconds"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.streams is not None and args.streams < 1 or args.sweep_start is not None and args.sweep_start < 1:
+        p.error("--streams and --sweep-start must be >= 1")
+    if any(f < 1 or f > 120 for f in args.stream_fps):
+        p.error("--stream-fps values must be in 1..120")
+    if args.width % 2 or args.height % 2:
+        p.error("--width and --height must be even (H.264 4:2:0)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement, print the tables and write ``<out>/live.json``; returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not rtsp_available():
+        print(f"live.py needs the RTSP test server, which cannot run here: {rtsp_missing()}", file=sys.stderr)
+        return 2
+    t_wall = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    machine["torch_threads"] = torch.get_num_threads()
+    bundle = ensure_bundle(out, args.model, args.image_size)
+    model_s = 4.0 if args.quick else 6.0
+
+    _logger.info("model only, batch %d, %.0f s", BATCH, model_s)
+    before = model_only_fps(bundle, args.width, args.height, model_s, other_batches=(1, 2, 4))
+    _logger.info("model only: %.1f fps (rounds %s; by batch %s)", before["fps"], before["fps_runs"],
+                 before["fps_by_batch"])  # fmt: skip
+    model_fps = before["fps"]
+    fps0 = args.stream_fps[0]
+    n_over = args.streams or max(2, math.ceil(1.5 * model_fps / fps0) + 1)
+
+    results: dict[str, Any] = {"model_only": {"before": before}}
+    pool = ServerPool(args.width, args.height)
+    try:
+        if not args.no_overload:
+            _logger.info("overload: %d streams x %d fps (%d fps offered) for %.0f s", n_over, fps0, n_over * fps0,
+                         args.seconds)  # fmt: skip
+            results["overload"] = run_live(pool.get(n_over, fps0), bundle, out / "live_run", args.seconds, 0.0)
+            ov = results["overload"]
+            _logger.info(
+                "overload: in %.1f fps, out %.1f fps, drops %s, latency p50/p95/p99 %s/%s/%s ms, trend %+.1f ms/min",
+                ov["fps_in"],
+                ov["fps_out"],
+                ov["drops"],
+                ov["latency"]["overall_ms"]["p50"],
+                ov["latency"]["overall_ms"]["p95"],
+                ov["latency"]["overall_ms"]["p99"],
+                ov["latency"]["slope_ms_per_min"],
+            )
+        if not args.no_sweep:
+            results["sweeps"] = [sweep(pool, bundle, out, f, model_fps, args) for f in args.stream_fps]
+    finally:
+        pool.close()
+
+    _logger.info("model only again, after the live runs")
+    results["model_only"]["after"] = model_only_fps(bundle, args.width, args.height, model_s)
+    machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    report: dict[str, Any] = {
+        "machine": machine,
+        "params": {
+            "model": args.model,
+            "image_size": args.image_size,
+            "bundle": str(bundle),
+            "width": args.width,
+            "height": args.height,
+            "stream_fps": args.stream_fps,
+            "overload_streams": n_over,
+            "overload_seconds": args.seconds,
+            "sweep_seconds": args.sweep_seconds,
+            "sweep_warmup_s": args.sweep_warmup,
+            "quick": args.quick,
+            "source": SOURCE_DEFAULTS,
+            "batching": BATCHING,
+            "window_s": WINDOW_S,
+            "drop_limit": DROP_LIMIT,
+        },
+        "results": results,
+        "wall_s": round(time.monotonic() - t_wall, 1),
+    }
+    json_path = out / "live.json"
+    report["json_path"] = str(json_path)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, json_path)
+    print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
