@@ -252,14 +252,18 @@ def _format(exc: ValidationError, origin: str) -> str:
     return f"{origin}: " + "; ".join(lines)
 
 
-def validate_config(data: Any, origin: str = "config") -> RunConfig:
-    """A :class:`RunConfig` from parsed YAML, or :class:`ConfigError` naming each bad field."""
+def _validated(validate: Any, data: Any, origin: str, keys: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping with sources/model/..., got {type(data).__name__}")
+        raise ConfigError(f"{origin}: expected a mapping with {keys}..., got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        return validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, origin)) from None
+
+
+def validate_config(data: Any, origin: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from parsed YAML, or :class:`ConfigError` naming each bad field."""
+    return _validated(RunConfig.model_validate, data, origin, "sources/model/")
 
 
 _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
@@ -267,12 +271,7 @@ _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
 
 def validate_source(data: Any, origin: str = "source") -> Any:
     """One source's config (as in ``sources[i]``) from parsed JSON/YAML, or :class:`ConfigError`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping with id/type/uri..., got {type(data).__name__}")
-    try:
-        return _SOURCE_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, origin)) from None
+    return _validated(_SOURCE_ADAPTER.validate_python, data, origin, "id/type/uri/")
 
 
 def _parse_value(text: str) -> Any:

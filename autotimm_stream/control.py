@@ -25,7 +25,8 @@ from typing import Any
 
 import zmq
 
-from .errors import SinkError, StreamError, first_line
+from .errors import StreamError, first_line
+from .sinks.zmq_pub import bind_socket
 
 __all__ = ["ControlServer", "request", "DEFAULT_CONTROL_ENDPOINT"]
 
@@ -63,17 +64,8 @@ class ControlServer:
         """Bind now, so that a busy address fails the run before anything is written."""
         if self._sock is not None:
             return
-        sock = self._ctx.socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
-        try:
-            sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise SinkError(
-                f"control.endpoint: cannot bind {self.endpoint!r} ({exc}); expected a free address such as "
-                f"{DEFAULT_CONTROL_ENDPOINT} (another engine running? pick another port)"
-            ) from None
+        options = {zmq.MAXMSGSIZE: _MAX_REQUEST}
+        sock = bind_socket(self._ctx, zmq.REP, self.endpoint, "control.endpoint", DEFAULT_CONTROL_ENDPOINT, options)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
 

@@ -150,6 +150,19 @@ def test_unreachable_stream_retries_with_backoff_and_never_shows_the_password(ca
     assert "hunter2" not in text and "admin" not in text and "***@127.0.0.1" in text
 
 
+def test_a_stop_during_a_long_backoff_is_honoured_at_once():
+    stop = threading.Event()
+    policy = ReconnectPolicy(initial_delay_s=30, max_delay_s=60)
+    src = LiveSource("down", rtsp_spec(f"rtsp://127.0.0.1:{free_port()}/x"), RingBuffer(4), stop, reconnect=policy)
+    _, events = run_source(src, 0.3)
+    assert events[-1].state is SourceState.RECONNECTING and events[-1].retry_in_s > 20
+    t0 = time.monotonic()
+    src.remove()  # this one source, not the pipeline's stop event
+    assert src.join(1.0) and time.monotonic() - t0 < 0.3
+    assert events[-1].state is SourceState.STOPPED and events[-1].reason == "removed"
+    assert not stop.is_set()
+
+
 def test_reconnect_attempts_can_be_bounded_then_the_source_fails():
     stop = threading.Event()
     policy = ReconnectPolicy(initial_delay_s=0.01, max_delay_s=0.02, max_attempts=3)

@@ -27,12 +27,31 @@ from ..sources.base import StatusEvent
 from ..stats import StageStats
 from .base import EndOfStream, Sink
 
-__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT"]
+__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT", "bind_socket"]
 
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def bind_socket(
+    ctx: zmq.Context, kind: int, endpoint: str, field: str, example: str, options: dict[int, int]
+) -> zmq.Socket:
+    """A socket of ``kind`` bound to ``endpoint`` (linger 0), or SinkError naming config ``field``."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    for option, value in options.items():
+        sock.setsockopt(option, value)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise SinkError(
+            f"{field}: cannot bind {endpoint!r} ({exc}); expected a free address such as "
+            f"{example} (another engine running? pick another port)"
+        ) from None
+    return sock
 
 
 class ZmqSink(Sink):
@@ -59,18 +78,8 @@ class ZmqSink(Sink):
         self.bound_endpoint = endpoint
 
     def open(self) -> None:
-        sock = self._ctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.XPUB_NODROP, 1)
-        try:
-            sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise SinkError(
-                f"sinks.zmq.endpoint: cannot bind {self.endpoint!r} ({exc}); expected a free address such as "
-                f"{DEFAULT_ENDPOINT} (another engine running? pick another port)"
-            ) from None
+        options = {zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1}
+        sock = bind_socket(self._ctx, zmq.XPUB, self.endpoint, "sinks.zmq.endpoint", DEFAULT_ENDPOINT, options)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
         if self.wait_subscribers:

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
+from ..frame import Frame, FrameFlags, now_ns
 from ..ringbuffer import RingBuffer
 
 __all__ = ["Source", "SourceInfo", "SourceState", "StatusEvent", "Halt"]
@@ -132,6 +135,31 @@ class Source:
     def describe(self) -> str:
         """Where the frames come from, safe to log (no credentials)."""
         return self.source_id
+
+    def _deliver(
+        self,
+        image: np.ndarray,
+        pts: float | None,
+        flags: FrameFlags,
+        decode_ms: float,
+        time_base: Fraction | None,
+        pts_raw: int | None,
+        index: int | None = None,
+    ) -> bool:
+        """Hand one decoded frame to the buffer (index: the next one by default); False when halted."""
+        frame = Frame(
+            source_id=self.source_id,
+            index=self.frames_decoded if index is None else index,
+            pts=pts,
+            capture_ns=now_ns(),
+            image=image,
+            flags=flags,
+            decode_ms=decode_ms,
+            time_base=time_base,
+            pts_raw=pts_raw,
+        )
+        self.frames_decoded += 1
+        return self.buffer.put(frame, self.halted)
 
     def _set_state(self, state: SourceState, reason: str = "", **extra: Any) -> None:
         previous, self.state = self.state, state

@@ -11,7 +11,7 @@ from fractions import Fraction
 import av
 
 from ..errors import SourceError
-from ..frame import Frame, FrameFlags, now_ns
+from ..frame import FrameFlags
 from ..ringbuffer import RingBuffer
 from .base import Source, SourceInfo
 from .convert import to_rgb
@@ -143,18 +143,6 @@ class FileSource(Source):
                     delay = pts - (time.monotonic() - wall0)
                     if delay > 0 and self.halted.wait(delay):
                         return
-                frame = Frame(
-                    source_id=self.source_id,
-                    index=self.frames_decoded,
-                    pts=pts,
-                    capture_ns=now_ns(),
-                    image=image,
-                    flags=flags,
-                    decode_ms=decode_ms,
-                    time_base=time_base,
-                    pts_raw=raw,
-                )
-                self.frames_decoded += 1
-                if not self.buffer.put(frame, self.halted):
+                if not self._deliver(image, pts, flags, decode_ms, time_base, raw):
                     return
                 t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from fractions import Fraction
 import cv2
 
 from ..errors import SourceError
-from ..frame import Frame, FrameFlags, now_ns
+from ..frame import FrameFlags
 from ..ringbuffer import RingBuffer
 from .base import Source, SourceInfo
 
@@ -97,18 +97,7 @@ class FolderSource(Source):
                 delay = pts - (time.monotonic() - wall0)
                 if delay > 0 and self.halted.wait(delay):
                     return
-            frame = Frame(
-                source_id=self.source_id,
-                index=i,
-                pts=pts,
-                capture_ns=now_ns(),
-                image=image,
-                flags=pending,
-                decode_ms=(time.perf_counter() - t0) * 1e3,
-                time_base=tb,
-                pts_raw=int(round(pts / tb)),
-            )
-            pending = FrameFlags.NONE
-            self.frames_decoded += 1
-            if not self.buffer.put(frame, self.halted):
+            flags, pending = pending, FrameFlags.NONE
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            if not self._deliver(image, pts, flags, decode_ms, tb, int(round(pts / tb)), index=i):
                 return

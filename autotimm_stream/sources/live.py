@@ -34,9 +34,10 @@ from fractions import Fraction
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import av
+import numpy as np
 
 from ..errors import SourceError, first_line
-from ..frame import Frame, FrameFlags, now_ns
+from ..frame import FrameFlags
 from ..ringbuffer import RingBuffer
 from .base import Source, SourceInfo, SourceState
 from .convert import to_rgb
@@ -335,7 +336,7 @@ class LiveSource(Source):
                         return ""
                     image = to_rgb(vf)
                     decode_ms = (time.perf_counter() - t_dec) * 1e3
-                    if not self._deliver(image, pts, flags, decode_ms):
+                    if not self._deliver_live(image, pts, flags, decode_ms):
                         return ""
                     t_dec = time.perf_counter()
         except av.error.ExitError:
@@ -349,24 +350,12 @@ class LiveSource(Source):
         fps = f" @ {self._fps:g} fps" if self._fps else ""
         self._set_state(SourceState.RUNNING, f"{vf.width}x{vf.height}{fps}")
 
-    def _deliver(self, image, pts: float, flags: FrameFlags, decode_ms: float) -> bool:
+    def _deliver_live(self, image: np.ndarray, pts: float, flags: FrameFlags, decode_ms: float) -> bool:
         if pts <= self._last_pts:  # sessions overlap by a hair, or a camera repeats a timestamp
             pts = self._last_pts + 1e-4
         self._last_pts = pts
-        frame = Frame(
-            source_id=self.source_id,
-            index=self.frames_decoded,
-            pts=pts,
-            capture_ns=now_ns(),
-            image=image,
-            flags=flags,
-            decode_ms=decode_ms,
-            time_base=LIVE_TIME_BASE,
-            pts_raw=int(round(pts / LIVE_TIME_BASE)),
-        )
-        self.frames_decoded += 1
         # a live buffer never blocks (policy latest); under block it waits, which is what was asked for
-        return self.buffer.put(frame, self.halted)
+        return self._deliver(image, pts, flags, decode_ms, LIVE_TIME_BASE, int(round(pts / LIVE_TIME_BASE)))
 
     def stats(self) -> dict[str, object]:
         return {
