@@ -31,7 +31,17 @@ _EXPORTS = {
     "SourceError": "errors",
     "StreamError": "errors",
     "load_bundle": "runtime.formats",
-    "read_meta": "runtime.bundle",
+    "read_meta": "runtime.formats",
+    "ControlServer": "control",
+    "FileSource": "sources",
+    "FolderSource": "sources",
+    "LiveSource": "sources",
+    "ReconnectPolicy": "sources",
+    "SourceState": "sources",
+    "StatusEvent": "sources",
+    "StreamSpec": "sources",
+    "build_pipeline": "app",
+    "build_source": "app",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
