@@ -10,7 +10,9 @@ One PyAV capture loop inside a per-stream state machine::
 - A live stream's normal end, a read error and a read timeout all count as a disconnect. A stream
   that is down at start-up is retried like any other (the pipeline starts anyway).
 - Backoff is exponential with jitter (``ReconnectPolicy``); default: retry forever.
-- Stall watchdog: no decoded frame for ``stall_frames`` frame intervals forces a reconnect. A
+- Stall watchdog: no decoded frame for ``stall_frames`` frame intervals forces a reconnect (so
+  does a stream whose packets keep failing to decode for that long: single bad packets are
+  flagged and skipped, a broken stream is reopened). A
   server that stops sending mid-read is caught by PyAV's read timeout (its interrupt callback),
   which is also what bounds how long a stop request can wait in that one case; everywhere else a
   stop is seen within 50 ms.
