@@ -262,3 +262,15 @@ def test_latest_keeps_latency_bounded_when_the_model_is_slower_than_the_stream(s
     assert waited.max() <= 400 + 100
     assert latency.max() < 2500
     assert np.median(thirds[-1]) <= np.median(thirds[0]) + 200  # no upward trend
+
+
+def test_a_stream_that_never_decodes_is_reopened_by_the_watchdog(bundle, tmp_path):
+    with RtspServer(width=160, height=120, corrupt=1.0, seed=1) as server:
+        p = pipeline_for(bundle, tmp_path, [rtsp("cam", server.url, stall_frames=25)])
+        with p:
+            p.start()
+            wait_for(lambda: p.sources[0].failed_attempts + p.sources[0].reconnects >= 2, 15, "reconnects")
+            reason = p.status["cam"].reason
+    src = p.summary()["sources"]["cam"]
+    assert "stalled" in reason and src["drops"]["decode_error"] > 0 and src["frames_out"] == 0
+    assert "running" not in src["states_entered"]  # never a good frame: never RUNNING
