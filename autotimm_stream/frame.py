@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["Frame", "FrameFlags", "Result", "Prediction", "Detection", "STAGES"]
 
 # Stage names of the per-frame timings, in pipeline order (milliseconds each).
-STAGES = ("decode", "queue", "preprocess", "infer", "post", "publish")
+STAGES = ("decode", "queue", "preprocess", "wait", "infer", "post", "publish")
 
 
 class FrameFlags(enum.IntFlag):

@@ -94,7 +94,7 @@ DISTURBED_CORES = 0.25  # other processes used more than this many cores: the tr
 # <= 1.5 x the first window's and the fitted growth of the windows' p50 over the run is <= half their median
 BOUNDED_RATIO = 1.5
 BOUNDED_GROWTH = 0.5
-HEADER_STAGES = ("decode", "queue", "preprocess", "infer", "post", "publish")  # the header's timings_ms
+HEADER_STAGES = ("decode", "queue", "preprocess", "wait", "infer", "post", "publish")  # the header's timings_ms
 SOURCE_DEFAULTS = {"policy": "latest", "buffer_size": 4, "max_staleness_ms": 500}
 BATCHING = {"max_batch": BATCH, "max_wait_ms": 20, "max_frames_per_source": 2}
 

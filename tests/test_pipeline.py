@@ -75,7 +75,7 @@ def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
     assert seen == [torch.get_num_threads()]
     for r in rows:
         assert [c["label"] for c in r["classes"]] and r["task"] == "classification"
-        assert set(r["timings_ms"]) == {"decode", "queue", "preprocess", "infer", "post"}
+        assert set(r["timings_ms"]) == {"decode", "queue", "preprocess", "wait", "infer", "post"}
 
 
 def test_batch_1_and_batch_8_give_identical_results(clip, bundle, tmp_path):

@@ -159,7 +159,10 @@ class Source:
             pts_raw=pts_raw,
         )
         self.frames_decoded += 1
-        return self.buffer.put(frame, self.halted)
+        if self.buffer.put(frame, self.halted):
+            return True
+        self.buffer.drop("shutdown")  # decoded as the source stopped: counted, never silently lost
+        return False
 
     def _set_state(self, state: SourceState, reason: str = "", **extra: Any) -> None:
         previous, self.state = self.state, state

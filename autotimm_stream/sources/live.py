@@ -288,9 +288,9 @@ class LiveSource(Source):
         wait_key = self.skip_until_keyframe and self.sessions > 1
         last_frame = time.monotonic()
         stall_s = self.stall_timeout_s()
-        t_dec = time.perf_counter()
         try:
             for packet in container.demux(stream):
+                t_dec = time.perf_counter()  # decoding cost only, not the wait for the network
                 if self.halted.is_set():
                     return ""
                 if time.monotonic() - last_frame > stall_s:
@@ -334,13 +334,13 @@ class LiveSource(Source):
                     if prev_pts is not None and self._fps and pts - prev_pts > 2.5 / self._fps:
                         flags |= FrameFlags.AFTER_GAP  # frames went missing in transport
                     prev_pts = pts
-                    if self.spec.realtime and pts > now and self.halted.wait(pts - now):
-                        return ""
                     image = to_rgb(vf)
                     decode_ms = (time.perf_counter() - t_dec) * 1e3
+                    if self.spec.realtime and pts > now and self.halted.wait(pts - now):
+                        return ""
                     if not self._deliver_live(image, pts, flags, decode_ms):
                         return ""
-                    t_dec = time.perf_counter()
+                    t_dec = time.perf_counter()  # the packet's next frame, if any
         except av.error.ExitError:
             return f"read timed out (no data for ~{stall_s:.1f} s)"
         except (av.error.FFmpegError, OSError) as exc:
