@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ _POLL_MS = 100
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5556"
 _REMOVE_WAIT_S = 5.0
 _MAX_REQUEST = 1 << 20  # bytes; a source config is a few hundred
+_LOOPBACK = re.compile(r"^tcp://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):")
 
 
 class ControlServer:
@@ -68,6 +70,12 @@ class ControlServer:
         sock = bind_socket(self._ctx, zmq.REP, self.endpoint, "control.endpoint", DEFAULT_CONTROL_ENDPOINT, options)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
+        if not is_local(self.endpoint):
+            _logger.warning(
+                "control channel on %s accepts requests from other machines, unauthenticated: anyone who "
+                "reaches it can add sources (files on this machine included) or stop the engine",
+                self.bound_endpoint,
+            )
 
     def start(self) -> None:
         self.open()
@@ -133,6 +141,11 @@ class ControlServer:
         except StreamError as exc:
             return _error(str(exc))
         return _error(f"unknown op {op!r}; expected one of list, add, remove, stats, stop")
+
+
+def is_local(endpoint: str) -> bool:
+    """True when only this machine can reach ``endpoint`` (loopback TCP, ipc, inproc)."""
+    return not endpoint.startswith("tcp://") or bool(_LOOPBACK.match(endpoint))
 
 
 def _error(message: str) -> dict[str, Any]:

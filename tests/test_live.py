@@ -20,7 +20,7 @@ import pytest
 
 from autotimm_stream.app import build_pipeline
 from autotimm_stream.config import validate_config
-from autotimm_stream.control import request
+from autotimm_stream.control import is_local, request
 from autotimm_stream.errors import ConfigError, SourceError
 from autotimm_stream.frame import Frame
 from autotimm_stream.ringbuffer import RingBuffer
@@ -389,3 +389,19 @@ def test_control_needs_a_free_address(bundle, tmp_path):
         sock.close(0)
     with pytest.raises(ConfigError, match="control.enabled"):
         validate_config({"sources": [], "model": {"path": "m.pt"}})
+
+
+@pytest.mark.parametrize(
+    "endpoint, local",
+    [
+        ("tcp://127.0.0.1:5556", True),
+        ("tcp://localhost:5556", True),
+        ("tcp://[::1]:5556", True),
+        ("ipc:///tmp/engine.ctl", True),
+        ("tcp://0.0.0.0:5556", False),
+        ("tcp://*:5556", False),
+        ("tcp://10.1.2.3:5556", False),
+    ],
+)
+def test_control_endpoints_beyond_this_machine_are_recognised(endpoint, local):
+    assert is_local(endpoint) is local  # the engine warns when the control channel is reachable from outside
