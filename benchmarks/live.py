@@ -79,7 +79,7 @@ if str(REPO) not in sys.path:  # tests.rtsp (the RTSP server) and benchmarks.thr
 from autotimm_stream.app import build_pipeline  # noqa: E402
 from autotimm_stream.config import validate_config  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
-from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info  # noqa: E402
+from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info, write_report  # noqa: E402
 from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
 
 _logger = logging.getLogger("benchmarks.live")
@@ -729,11 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "wall_s": round(time.monotonic() - t_wall, 1),
     }
-    json_path = out / "live.json"
-    report["json_path"] = str(json_path)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, json_path)
+    write_report(report, out / "live.json")
     print_report(report)
     return 0
 

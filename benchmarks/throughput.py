@@ -601,13 +601,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "target_engine_over_model_only": TARGET_ENGINE_OVER_MODEL,
     }
-    json_path = out / "throughput.json"
+    write_report(report, out / "throughput.json")
+    print_report(report)
+    return 0
+
+
+def write_report(report: dict[str, Any], json_path: Path) -> None:
+    """``report`` (with its own path added) as JSON at ``json_path``, written atomically."""
     report["json_path"] = str(json_path)
     tmp = json_path.with_name(json_path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     os.replace(tmp, json_path)
-    print_report(report)
-    return 0
 
 
 if __name__ == "__main__":
