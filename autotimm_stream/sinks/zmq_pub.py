@@ -33,6 +33,7 @@ _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+_CLOSE_LINGER_MS = 1000
 
 
 def bind_socket(
@@ -143,7 +144,10 @@ class ZmqSink(Sink):
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close(0)
+            # linger a moment: messages still queued in ZMQ's I/O thread (the last results and the
+            # end-of-stream) would otherwise be discarded; bounded, so a stuck subscriber cannot hang
+            # the shutdown. Seen on a loaded machine: a subscriber missing the last result and eos.
+            self._sock.close(linger=_CLOSE_LINGER_MS)
             self._sock = None
 
     def stats(self) -> dict[str, Any]:
