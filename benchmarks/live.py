@@ -79,7 +79,7 @@ if str(REPO) not in sys.path:  # tests.rtsp (the RTSP server) and benchmarks.thr
 from autotimm_stream.app import build_pipeline  # noqa: E402
 from autotimm_stream.config import validate_config  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
-from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info, write_report  # noqa: E402
+from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info, setup_logging, write_report  # noqa: E402
 from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
 
 _logger = logging.getLogger("benchmarks.live")
@@ -657,11 +657,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the tables and write ``<out>/live.json``; returns the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     if not rtsp_available():
         print(f"live.py needs the RTSP test server, which cannot run here: {rtsp_missing()}", file=sys.stderr)
         return 2

@@ -489,14 +489,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every measurement, print the table and write ``<out>/throughput.json``; returns the exit code."""
-    args = parse_args(argv)
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement, print the table and write ``<out>/throughput.json``; returns the exit code."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()

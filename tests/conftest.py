@@ -119,6 +119,18 @@ def python() -> str:
     return sys.executable
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two xyxy boxes. Inverted boxes (x2 < x1 or y2 < y1: the YOLOX head's regression has no
+    ReLU, and AutoTimm emits them as they are) have no area: they match only a box at the same place."""
+    if a[2] <= a[0] or a[3] <= a[1] or b[2] <= b[0] or b[3] <= b[1]:
+        return 1.0 if np.abs(np.asarray(a) - np.asarray(b)).max() <= 0.01 else 0.0
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else float(np.allclose(a, b))
+
+
 def rng_frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for _ in range(n)]

@@ -33,6 +33,7 @@ from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.synthetic import write_clip
 
 from .autotimm_factory import DET_SIZE, Factory, Made
+from .conftest import iou
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["classifier", "multilabel", "fcos", "yolox_head", "yolox_detector", "seg_deeplabv3plus", "seg_fcn", "instance"]
@@ -119,18 +120,6 @@ def frame_boxes(boxes: torch.Tensor, hw: tuple[int, int], spec) -> np.ndarray:
     b[:, [0, 2]] = ((b[:, [0, 2]] - pl) / sx).clip(0, w)
     b[:, [1, 3]] = ((b[:, [1, 3]] - pt) / sy).clip(0, h)
     return b
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two xyxy boxes. Inverted boxes (x2 < x1 or y2 < y1: the YOLOX head's regression has no
-    ReLU, and AutoTimm emits them as they are) have no area: they match only a box at the same place."""
-    if a[2] <= a[0] or a[3] <= a[1] or b[2] <= b[0] or b[3] <= b[1]:
-        return 1.0 if np.abs(np.asarray(a) - np.asarray(b)).max() <= 0.01 else 0.0
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else float(np.allclose(a, b))
 
 
 def check_classification(made: Made, runner: ModelRunner, x: torch.Tensor, results: list[dict]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import decode_pts, free_port
+from .conftest import decode_pts, free_port, iou
 
 CLI = [sys.executable, "-m", "autotimm_stream"]
 
@@ -198,13 +198,6 @@ def test_demo_runs_from_nothing(tmp_path):
         scene.step()
     precision, recall = correct / max(1, reported), found / max(1, wanted)
     assert precision >= 0.75 and recall >= 0.75, f"precision {precision:.2f}, recall {recall:.2f} over 50 frames"
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from autotimm_stream.postprocess import Postprocessor
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.synthetic import ShapeScene
 
-from .conftest import rng_frames
+from .conftest import iou, rng_frames
 from .test_pipeline import config, read_jsonl, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -26,13 +26,6 @@ def outputs(bundle, frames, **kwargs) -> list[dict]:
     runner.warmup((1, len(frames)))
     post = Postprocessor(runner.meta)
     return post(runner.forward(runner.preprocess(frames)), [f.shape[:2] for f in frames])
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.parametrize("h, w", SIZES)

@@ -361,7 +361,6 @@ class LiveSource(Source):
 
     def stats(self) -> dict[str, object]:
         return {
-            "state": None if self.state is None else self.state.value,
             "sessions": self.sessions,
             "reconnects": self.reconnects,
             "failed_attempts": self.failed_attempts,
