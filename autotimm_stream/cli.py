@@ -307,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help="as fast as the machine allows, not at the clip's speed")
     d.add_argument(
         "--task",
-        choices=("detection", "classification"),
+        choices=("detection", "segmentation", "classification"),
         default="detection",
-        help="the AutoTimm shape detector (default) or the first milestone's classifier",
+        help="the AutoTimm shape detector (default), the AutoTimm shape segmentor (masks, on another scene) "
+        "or the first milestone's classifier",
     )
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     d.add_argument("--no-progress", action="store_true")

@@ -1,9 +1,11 @@
 """The embedded default run: a bundled model on a generated clip, nothing else needed.
 
 The default is the AutoTimm-trained shape detector (``assets/demo_detector.pt``, exported from
-``assets/demo_detector.ckpt`` by ``autotimm-stream export``); ``classification`` runs the small
-timm classifier of the first milestone instead. Both were trained on generated scenes that never
-include the demo clip's.
+``assets/demo_detector.ckpt`` by ``autotimm-stream export``); ``segmentation`` runs the
+AutoTimm-trained shape segmentor (``assets/demo_segmentor.pt``, DeepLabV3+, exported from
+``assets/demo_segmentor.ckpt``) on a clip of another scene; ``classification`` runs the small timm
+classifier of the first milestone. All were trained on generated scenes that never include the
+demo clips'.
 """
 
 from __future__ import annotations
@@ -17,27 +19,30 @@ from .errors import ModelError
 from .sources.file import probe_video
 from .synthetic import write_clip
 
-__all__ = ["demo_config", "demo_bundle_path", "DEMO_SEED", "DEMO_TASKS"]
+__all__ = ["demo_config", "demo_bundle_path", "DEMO_SEED", "SEGMENTATION_DEMO_SEED", "DEMO_TASKS"]
 
-DEMO_SEED = 7  # the demo clip's scene; the demo models never saw it during training
-# task -> (bundle in assets/, script that rebuilds it, whether the clip shows one dominant shape)
+DEMO_SEED = 7  # the detection and classification demos' scene; their models never saw it in training
+SEGMENTATION_DEMO_SEED = 13  # the segmentation demo's scene (never seen by its model either)
+# task -> (bundle in assets/, script that rebuilds it, whether the clip shows one dominant shape, clip seed)
 DEMO_TASKS = {
-    "detection": ("demo_detector.pt", "examples/train_demo_detector.py", False),
-    "classification": ("demo_classifier.pt", "examples/train_demo_classifier.py", True),
+    "detection": ("demo_detector.pt", "examples/train_demo_detector.py", False, DEMO_SEED),
+    "classification": ("demo_classifier.pt", "examples/train_demo_classifier.py", True, DEMO_SEED),
+    "segmentation": ("demo_segmentor.pt", "examples/train_demo_segmentor.py", False, SEGMENTATION_DEMO_SEED),
 }
 
 
 def demo_bundle_path(task: str = "detection") -> str:
-    name, script, _ = DEMO_TASKS[task]
+    name, script, _, _ = DEMO_TASKS[task]
     path = str(resources.files("autotimm_stream") / "assets" / name)
     if not os.path.isfile(path):
         raise ModelError(f"the demo model {path!r} is missing; rebuild it with `python {script}`")
     return path
 
 
-def _clip(out_dir: str, frames: int, dominant: bool) -> str:
+def _clip(out_dir: str, frames: int, dominant: bool, seed: int = DEMO_SEED) -> str:
     kind = "one" if dominant else "many"
-    path = os.path.join(out_dir, f"demo_clip_{kind}_{frames}.mp4")
+    scene = "" if seed == DEMO_SEED else f"_seed{seed}"
+    path = os.path.join(out_dir, f"demo_clip_{kind}{scene}_{frames}.mp4")
     try:
         info = probe_video(path)
         if info.frames == frames:
@@ -45,7 +50,7 @@ def _clip(out_dir: str, frames: int, dominant: bool) -> str:
     except OSError:
         pass
     tmp = path + ".tmp.mp4"
-    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=DEMO_SEED, dominant=dominant)
+    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=seed, dominant=dominant)
     os.replace(tmp, path)
     return path
 
@@ -63,9 +68,10 @@ def demo_config(
     the demo can watch the results arrive; ``realtime=False`` runs as fast as the machine allows.
     """
     os.makedirs(out_dir, exist_ok=True)
+    _, _, dominant, seed = DEMO_TASKS[task]
     data: dict[str, Any] = {
         "sources": [
-            {"id": "demo", "uri": _clip(out_dir, frames, DEMO_TASKS[task][2]), "policy": "block", "realtime": realtime}
+            {"id": "demo", "uri": _clip(out_dir, frames, dominant, seed), "policy": "block", "realtime": realtime}
         ],
         "model": {"path": demo_bundle_path(task), "device": "auto"},
         "output_dir": out_dir,

@@ -44,6 +44,20 @@ class Shape:
         return (cx - r, cy - r, cx + r + 1, cy + r + 1)
 
 
+def _draw(img: np.ndarray, s: Shape, color: tuple[int, int, int] | int) -> None:
+    """Draw ``s`` filled into ``img`` (RGB, or one channel for a coverage map)."""
+    c = (int(s.cx), int(s.cy))
+    r = int(s.r)
+    if s.kind == "circle":
+        cv2.circle(img, c, r, color, -1, cv2.LINE_AA)
+    elif s.kind == "square":
+        side = int(r * 0.85)
+        cv2.rectangle(img, (c[0] - side, c[1] - side), (c[0] + side, c[1] + side), color, -1)
+    else:
+        pts = np.array([[c[0], c[1] - r], [c[0] - int(r * 0.93), c[1] + r // 2], [c[0] + int(r * 0.93), c[1] + r // 2]])
+        cv2.fillPoly(img, [pts.astype(np.int32)], color, cv2.LINE_AA)
+
+
 class ShapeScene:
     """A textured background with shapes that move and bounce off the borders.
 
@@ -108,19 +122,25 @@ class ShapeScene:
         """The current frame, uint8 RGB [H, W, 3]."""
         img = self.background.copy()
         for s in self.shapes:
-            c = (int(s.cx), int(s.cy))
-            r = int(s.r)
-            if s.kind == "circle":
-                cv2.circle(img, c, r, s.color, -1, cv2.LINE_AA)
-            elif s.kind == "square":
-                side = int(r * 0.85)
-                cv2.rectangle(img, (c[0] - side, c[1] - side), (c[0] + side, c[1] + side), s.color, -1)
-            else:
-                pts = np.array(
-                    [[c[0], c[1] - r], [c[0] - int(r * 0.93), c[1] + r // 2], [c[0] + int(r * 0.93), c[1] + r // 2]]
-                )
-                cv2.fillPoly(img, [pts.astype(np.int32)], s.color, cv2.LINE_AA)
+            _draw(img, s, s.color)
         return img
+
+    def render_mask(self) -> np.ndarray:
+        """Ground-truth class map of the current frame: uint8 [H, W], 0 background, ``1 + SHAPES.index(kind)``.
+
+        Each shape is drawn with exactly the geometry of :meth:`render` (same calls, same
+        anti-aliasing) as a coverage map; a pixel belongs to the shape when the shape covers at
+        least half of it, i.e. when :meth:`render` gave it more of the shape's colour than of what
+        lies below. Shapes are drawn in the same order, so a later shape hides an earlier one
+        exactly as in the frame.
+        """
+        mask = np.zeros((self.height, self.width), dtype=np.uint8)
+        coverage = np.empty_like(mask)
+        for s in self.shapes:
+            coverage.fill(0)
+            _draw(coverage, s, 255)
+            mask[coverage >= 128] = SHAPES.index(s.kind) + 1
+        return mask
 
     def labels(self) -> list[str]:
         """Classes of the shapes in the current frame."""
