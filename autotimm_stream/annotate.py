@@ -11,6 +11,7 @@ __all__ = ["draw_result", "palette"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _MASK_ALPHA = 0.45
+_BACKGROUND = {"background", "bg", "void", "unlabeled", "unlabelled"}
 
 
 def _scale(height: int) -> tuple[float, int, int]:
@@ -63,7 +64,13 @@ def _draw_mask(img: np.ndarray, result: Result, colors: np.ndarray) -> None:
     if mask is None:
         return
     overlay = colors[mask] if mask.dtype == np.uint8 else colors[mask % len(colors)]
-    cv2.addWeighted(img, 1 - _MASK_ALPHA, overlay, _MASK_ALPHA, 0.0, dst=img)
+    tinted = cv2.addWeighted(img, 1 - _MASK_ALPHA, overlay, _MASK_ALPHA, 0.0)
+    # a class named background stays as filmed: only the objects are painted
+    background = [i for i, name, _ in result.class_fractions if name.strip("_ ").lower() in _BACKGROUND]
+    if background:
+        keep = np.isin(mask, background)
+        tinted[keep] = img[keep]
+    img[:] = tinted
     ranked = sorted(result.class_fractions, key=lambda c: -c[2])[:8]
     _text_panel(
         img,
