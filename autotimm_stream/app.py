@@ -14,11 +14,14 @@ from .batching import BatchPolicy
 from .config import RunConfig, validate_source
 from .control import ControlServer
 from .errors import ConfigError, SinkError, SourceError
+from .metrics import MetricsServer, MetricsSink
 from .pipeline import Pipeline
 from .postprocess import Postprocessor
+from .report import ReportSink
 from .ringbuffer import RingBuffer
 from .runtime.runner import ModelRunner
-from .sinks import JsonlSink, Sink, VideoSink, ZmqSink
+from .sinks import JsonlSink, Sink, SnapshotSink, VideoSink, ZmqSink
+from .sinks.snapshot import check_classes
 from .sources import (
     FileSource,
     FolderSource,
@@ -31,7 +34,7 @@ from .sources import (
     testsrc_spec,
 )
 
-__all__ = ["build_pipeline", "build_source", "write_summary"]
+__all__ = ["build_pipeline", "build_source", "write_report", "write_summary"]
 
 _logger = logging.getLogger(__name__)
 
@@ -111,12 +114,18 @@ def build_sinks(cfg: RunConfig, sources: list[Source]) -> list[Sink]:
     sinks: list[Sink] = []
     s = cfg.sinks
     if s.zmq.enabled:
+        z = s.zmq
         sinks.append(
             ZmqSink(
-                s.zmq.endpoint,
-                hwm=s.zmq.hwm,
-                wait_subscribers=s.zmq.wait_subscribers,
-                wait_timeout_s=s.zmq.wait_timeout_s,
+                z.endpoint,
+                mode=z.mode,
+                hwm=z.hwm,
+                wait_subscribers=z.wait_subscribers,
+                wait_timeout_s=z.wait_timeout_s,
+                mask_encoding=z.mask_encoding,
+                heartbeat_s=z.heartbeat_s,
+                curve_secret_key=z.curve.secret_key,
+                curve_clients_dir=z.curve.clients_dir,
             )
         )
     if s.jsonl.enabled:
@@ -132,6 +141,24 @@ def build_sinks(cfg: RunConfig, sources: list[Source]) -> list[Sink]:
                 preset=s.video.preset,
             )
         )
+    if s.snapshot.enabled:
+        sn = s.snapshot
+        sinks.append(
+            SnapshotSink(
+                os.path.join(out, sn.folder),
+                sn.classes,
+                min_score=sn.min_score,
+                min_fraction=sn.min_fraction,
+                cooldown_s=sn.cooldown_s,
+                annotated=sn.annotated,
+                max_files=sn.max_files,
+                quality=sn.quality,
+            )
+        )
+    if s.report.enabled:
+        sinks.append(ReportSink(bucket_s=s.report.bucket_s, max_buckets=s.report.max_buckets))
+    if cfg.metrics.enabled:
+        sinks.append(MetricsSink())
     return sinks
 
 
@@ -140,6 +167,8 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
     stop = stop or threading.Event()
     m = cfg.model
     runner = ModelRunner(m.path, device=m.device, fp16=m.fp16, channels_last=m.channels_last, threads=m.threads)
+    if cfg.sinks.snapshot.enabled:  # a misspelt class fails now, before anything is opened or written
+        check_classes(cfg.sinks.snapshot.classes, runner.meta.class_names)
     sources = build_sources(cfg, stop, model_on_cpu=runner.device.type == "cpu")
     try:
         sinks = build_sinks(cfg, sources)
@@ -160,22 +189,47 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         prep_threads=b.prep_threads,
         persistent=cfg.control.enabled,
     )
-    if cfg.control.enabled:
-        on_cpu = runner.device.type == "cpu"
-
-        def make_source(config: dict[str, Any]) -> Source:
-            sc = validate_source(config, origin="add: source")
-            return build_source(sc, pipeline.bell, pipeline.stop_event, on_cpu)
-
-        control = ControlServer(pipeline, make_source, cfg.control.endpoint)
-        try:
-            control.open()
-        except BaseException:
-            for src in sources:
-                src.close()
-            raise
-        pipeline.attach(control)
+    for sink in sinks:
+        if isinstance(sink, ZmqSink):
+            sink.heartbeat = pipeline.heartbeat
+    try:
+        if cfg.metrics.enabled:
+            metrics_sink = next(s for s in sinks if isinstance(s, MetricsSink))
+            server = MetricsServer(pipeline, metrics_sink, cfg.metrics.host, cfg.metrics.port)
+            server.open()  # bind now: a busy port fails the run before anything is written
+            pipeline.attach(server)
+        if cfg.control.enabled:
+            _attach_control(cfg, pipeline, runner.device.type == "cpu")
+    except BaseException:
+        for svc in pipeline.services:
+            svc.close()
+        for src in sources:
+            src.close()
+        raise
     return pipeline
+
+
+def _attach_control(cfg: RunConfig, pipeline: Pipeline, on_cpu: bool) -> None:
+    """The control channel: sources added at run time are built like the config's."""
+
+    def make_source(config: dict[str, Any]) -> Source:
+        sc = validate_source(config, origin="add: source")
+        return build_source(sc, pipeline.bell, pipeline.stop_event, on_cpu)
+
+    control = ControlServer(pipeline, make_source, cfg.control.endpoint)
+    control.open()
+    pipeline.attach(control)
+
+
+def write_report(pipeline: Pipeline, summary: dict[str, Any], output_dir: str) -> str | None:
+    """Render the run report if a ReportSink ran; returns its path. A failed report is logged, never fatal."""
+    for sink in pipeline.sinks:
+        if isinstance(sink, ReportSink):
+            try:
+                return sink.render(output_dir, summary)
+            except Exception as exc:  # results are already written; a plot must not fail the run
+                _logger.error("report: could not write it into %s: %s", output_dir, exc)
+    return None
 
 
 def write_summary(summary: dict, output_dir: str) -> str:

@@ -1,4 +1,4 @@
-"""Command line: ``autotimm-stream run | demo | export | info | listen | control``.
+"""Command line: ``autotimm-stream run | demo | export | info | listen | keygen | control``.
 
 A thin shell over :mod:`autotimm_stream.app`. User errors print one line and exit 2; a first
 Ctrl-C or SIGTERM stops gracefully (exit 0), a second one stops without draining.
@@ -82,6 +82,12 @@ def _print_summary(summary: dict[str, Any], path: str | None) -> None:
             paths = st.get("paths") or {"": st.get("path")}
             for p in paths.values():
                 print(f"  {sink}: {p}", file=err)
+    snap = summary["sinks"].get("snapshot")
+    if snap:
+        print(f"  snapshots: {snap['written']} in {snap['folder']} ({snap['skipped']} skipped)", file=err)
+    report = (summary["sinks"].get("report") or {}).get("path")
+    if report:
+        print(f"  report: {report}", file=err)
     if path:
         print(f"  summary: {path}", file=err)
 
@@ -104,7 +110,7 @@ def _install_signals(pipeline: Any) -> None:
 
 def run_config(cfg: Any, progress: bool | None = None, on_started: Any = None) -> int:
     """Run a validated config to the end (or a signal); returns the exit code."""
-    from .app import build_pipeline, write_summary
+    from .app import build_pipeline, write_report, write_summary
 
     pipeline = build_pipeline(cfg)
     _install_signals(pipeline)
@@ -113,6 +119,9 @@ def run_config(cfg: Any, progress: bool | None = None, on_started: Any = None) -
     if on_started:
         on_started(pipeline)
     summary = pipeline.run(on_tick=_progress(pipeline, progress))
+    report = write_report(pipeline, summary, cfg.output_dir)
+    if report:
+        summary["sinks"]["report"]["path"] = report  # the summary was taken before the report existed
     path = write_summary(summary, cfg.output_dir)
     _print_summary(summary, path)
     if pipeline.error is not None:
@@ -223,35 +232,63 @@ def _summary_line(header: dict[str, Any]) -> str:
     return ", ".join(f"{c['label']} {c['score']:.2f}" for c in header.get("classes", [])[:3])
 
 
-def cmd_listen(args: argparse.Namespace) -> int:
-    import zmq
+def _listen_line(msg: Any) -> str:
+    from .client import EosMessage, HeartbeatMessage, ResultMessage, StatusMessage
 
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    for t in args.topic or [""]:
-        sock.setsockopt_string(zmq.SUBSCRIBE, t)
-    sock.connect(args.endpoint)
+    if isinstance(msg, ResultMessage):
+        line = f"{msg.topic} #{msg.frame_index} {_summary_line(msg.header)}".rstrip()
+        if msg.mask is not None:
+            line += f" (mask {msg.mask.shape[1]}x{msg.mask.shape[0]})"
+        return line + f" [{msg.latency_ms:.0f} ms]"
+    if isinstance(msg, StatusMessage):
+        return f"{msg.topic} {msg.state}" + (f" ({msg.reason})" if msg.reason else "")
+    if isinstance(msg, HeartbeatMessage):
+        return f"{msg.topic} {msg.state} {msg.fps:.1f} fps, {msg.frames_out} frames, {msg.drops} dropped"
+    if isinstance(msg, EosMessage):
+        return f"{msg.topic} {msg.frames} frames ({msg.reason})"
+    return msg.topic
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from .client import Subscriber
+
     received = 0
-    try:
-        while args.count is None or received < args.count:
-            if not sock.poll(int(args.timeout * 1000)):
-                print(f"listen: nothing received for {args.timeout:.0f} s on {args.endpoint}", file=sys.stderr)
-                return EXIT_FAILED if received == 0 else 0
-            parts = sock.recv_multipart()
-            topic, header = parts[0].decode(), json.loads(parts[1])
-            received += 1
-            if args.json:
-                print(json.dumps({"topic": topic, **header}), flush=True)
-            elif topic.startswith("status/"):
-                reason = f" ({header['reason']})" if header.get("reason") else ""
-                print(f"{topic} {header.get('state')}{reason}", flush=True)
-            else:
-                print(f"{topic} #{header.get('frame_index', '')} {_summary_line(header)}".rstrip(), flush=True)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        sock.close(0)
+    with Subscriber(
+        args.endpoint,
+        args.topic or [""],
+        mode="pull" if args.pull else "sub",
+        check=args.validate,
+        curve_server_key=args.curve_server_key,
+        curve_client_key=args.curve_client_key,
+    ) as sub:
+        try:
+            while args.count is None or received < args.count:
+                msg = sub.recv(args.timeout)
+                if msg is None:
+                    print(f"listen: nothing received for {args.timeout:.0f} s on {args.endpoint}", file=sys.stderr)
+                    return EXIT_FAILED if received == 0 else 0
+                received += 1
+                if args.json:
+                    print(json.dumps({"topic": msg.topic, **msg.header}), flush=True)
+                else:
+                    print(_listen_line(msg), flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    os.makedirs(args.folder, exist_ok=True)
+    made = []
+    for name in args.names:
+        if os.path.exists(os.path.join(args.folder, f"{name}.key_secret")) and not args.force:
+            raise ConfigError(f"{os.path.join(args.folder, name)}.key_secret exists; pass --force to replace it")
+        public, secret = zmq.auth.create_certificates(args.folder, name)
+        os.chmod(secret, 0o600)
+        made.append(f"{public} (public), {secret} (secret, keep private)")
+    print("wrote " + "; ".join(made), file=sys.stderr)
     return 0
 
 
@@ -342,7 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub_l.add_argument("--json", action="store_true", help="one JSON object per line")
     sub_l.add_argument("--count", type=int, help="exit after this many messages")
     sub_l.add_argument("--timeout", type=float, default=30.0, help="exit after this many quiet seconds")
+    sub_l.add_argument("--validate", action="store_true", help="check every message against the JSON Schema")
+    sub_l.add_argument("--pull", action="store_true", help="connect a PULL socket (engine in sinks.zmq.mode push)")
+    sub_l.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the engine's public key file")
+    sub_l.add_argument("--curve-client-key", metavar="FILE", help="CURVE: this client's secret key file")
     sub_l.set_defaults(func=cmd_listen)
+
+    k = sub.add_parser("keygen", help="make CURVE key pairs for an encrypted ZeroMQ publisher and its clients")
+    k.add_argument("folder", help="where to write NAME.key (public) and NAME.key_secret (secret)")
+    k.add_argument("names", nargs="*", default=["server", "client"], help="key pair names (default: server client)")
+    k.add_argument("--force", action="store_true", help="replace existing key files")
+    k.set_defaults(func=cmd_keygen)
 
     c = sub.add_parser("control", help="add, remove or list the sources of a running engine")
     c.add_argument("action", choices=("list", "add", "remove", "stats", "stop"))

@@ -170,12 +170,27 @@ class BatchingConfig(_Strict):
     prep_threads: int = Field(1, ge=1, le=256, description="torch threads of the preprocessing thread")
 
 
+class CurveConfig(_Strict):
+    secret_key: str | None = Field(None, description="the server's secret key file: encrypt with CURVE")
+    clients_dir: str | None = Field(None, description="only clients with a public key file here may connect")
+
+
 class ZmqConfig(_Strict):
     enabled: bool = True
     endpoint: str = Field("tcp://127.0.0.1:5555", pattern=r"^(tcp|ipc|inproc)://.+")
+    mode: Literal["pub", "push"] = Field("pub", description="pub: fan-out, never blocks; push: reliable, waits")
     hwm: int = Field(1000, ge=1, description="messages queued per subscriber before sends are dropped")
     wait_subscribers: int = Field(0, ge=0, description="wait for this many subscribers before starting")
     wait_timeout_s: float = Field(5.0, ge=0)
+    mask_encoding: Literal["raw", "png"] = Field("raw", description="segmentation class maps: raw bytes or PNG")
+    heartbeat_s: float = Field(1.0, ge=0, description="a heartbeat/<source> message this often; 0 = none")
+    curve: CurveConfig = CurveConfig()
+
+    @model_validator(mode="after")
+    def _push_has_no_subscriptions(self) -> ZmqConfig:
+        if self.mode == "push" and self.wait_subscribers:
+            raise ValueError("wait_subscribers applies to mode 'pub'; a PUSH socket waits for a peer by itself")
+        return self
 
 
 class JsonlConfig(_Strict):
@@ -190,10 +205,40 @@ class VideoConfig(_Strict):
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
 
 
+class SnapshotConfig(_Strict):
+    """JPEG snapshots of frames in which chosen classes appear."""
+
+    enabled: bool = False
+    folder: str = Field("snapshots", description="folder for the JPEGs, relative to output_dir")
+    classes: list[str] = Field(default_factory=list, description="labels that trigger a snapshot")
+    min_score: float = Field(0.5, ge=0, le=1, description="detection/classification score a class needs to count")
+    min_fraction: float = Field(0.01, ge=0, le=1, description="segmentation: share of the pixels a class needs")
+    cooldown_s: float = Field(5.0, ge=0, le=86_400, description="per source and class, least source time between")
+    annotated: bool = Field(True, description="draw boxes, labels or masks as in the annotated video")
+    max_files: int = Field(1000, ge=1, description="stop writing after this many files (bounds disk use)")
+    quality: int = Field(90, ge=1, le=100, description="JPEG quality")
+
+
+class ReportConfig(_Strict):
+    enabled: bool = Field(True, description="write report.md and PNG plots (fps, latency, outputs, drops)")
+    bucket_s: float = Field(1.0, gt=0, description="time bucket of the plots (doubles as the run grows)")
+    max_buckets: int = Field(3600, ge=2, description="time buckets kept per source: memory stays bounded")
+
+
 class SinksConfig(_Strict):
     zmq: ZmqConfig = ZmqConfig()
     jsonl: JsonlConfig = JsonlConfig()
     video: VideoConfig = VideoConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    report: ReportConfig = ReportConfig()
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics (/metrics), liveness (/healthz) and readiness (/ready) over HTTP."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1, description="interface to serve on (others are warned about)")
+    port: int = Field(9108, ge=0, le=65535, description="0 = any free port")
 
 
 class RunConfig(_Strict):
@@ -204,6 +249,7 @@ class RunConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     sinks: SinksConfig = SinksConfig()
     control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
     output_dir: str = Field("out", description="folder for JSONL, video and the run summary")
     drain_timeout_s: float = Field(3.0, ge=0, le=60, description="on stop, how long buffered frames may drain")
 

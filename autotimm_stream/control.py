@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import zmq
 
 from .errors import StreamError, first_line
-from .sinks.zmq_pub import bind_socket
+from .sinks.zmq_pub import bind_socket, is_local
 
 __all__ = ["ControlServer", "request", "DEFAULT_CONTROL_ENDPOINT"]
 
@@ -36,7 +35,6 @@ _POLL_MS = 100
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5556"
 _REMOVE_WAIT_S = 5.0
 _MAX_REQUEST = 1 << 20  # bytes; a source config is a few hundred
-_LOOPBACK = re.compile(r"^tcp://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):")
 
 
 class ControlServer:
@@ -141,11 +139,6 @@ class ControlServer:
         except StreamError as exc:
             return _error(str(exc))
         return _error(f"unknown op {op!r}; expected one of list, add, remove, stats, stop")
-
-
-def is_local(endpoint: str) -> bool:
-    """True when only this machine can reach ``endpoint`` (loopback TCP, ipc, inproc)."""
-    return not endpoint.startswith("tcp://") or bool(_LOOPBACK.match(endpoint))
 
 
 def _error(message: str) -> dict[str, Any]:

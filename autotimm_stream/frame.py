@@ -122,6 +122,7 @@ class Result:
     batch_size: int = 0
     done_ns: int = 0  # time.monotonic_ns() when post-processing finished
     model: str = ""  # name of the model that produced it
+    model_version: str = ""  # first 12 hex digits of the bundle file's SHA-256
     _record: dict[str, Any] | None = field(default=None, init=False, repr=False)  # cache of to_json()
 
     @property
@@ -161,6 +162,7 @@ class Result:
             "flags": [flag.name.lower() for flag in FrameFlags if flag and flag in f.flags],
             "task": self.task,
             "model": self.model,
+            "model_version": self.model_version,
             "batch_size": self.batch_size,
             **self._task_record(),
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},

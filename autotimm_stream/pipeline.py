@@ -47,6 +47,7 @@ __all__ = ["Pipeline"]
 
 _logger = logging.getLogger(__name__)
 _POLL_S = 0.1
+_SINK_GRACE_S = 2.0  # after the drain time, how long a sink that accepts nothing may hold a stop
 _END = object()
 # Prepared batches that may wait for the model. Files (``block``): 2, so preprocessing jitter
 # never idles the model. Live sources (``latest`` or a staleness budget): none beyond the one being
@@ -477,6 +478,7 @@ class Pipeline:
                     batch_size=n,
                     done_ns=done_ns,
                     model=self.runner.meta_name,
+                    model_version=self.runner.model_version,
                 )
             )
             self.stages["decode"].add(frame.decode_ms)
@@ -490,7 +492,17 @@ class Pipeline:
 
     def _emit(self, item: list[Result] | EndOfStream) -> None:
         for r in self._sink_runners:
-            r.submit(item)
+            r.submit(item, self._sinks_stuck)
+
+    def _sinks_stuck(self) -> bool:
+        """Stopping, and a sink still takes nothing well past the drain time (a PUSH socket with no
+        peer): give up on delivery so the stop is bounded."""
+        t = self._stop_requested_at
+        if t is not None and time.monotonic() - t > self.drain_timeout_s + _SINK_GRACE_S:
+            _logger.warning("a sink took nothing for %.1f s after the stop; abandoning delivery", self.drain_timeout_s)
+            self.abort.set()
+            return True
+        return False
 
     # -- reporting ------------------------------------------------------------------------------
     @property
@@ -501,6 +513,20 @@ class Pipeline:
         if not self.started_at:
             return 0.0
         return (self.ended_at or time.monotonic()) - self.started_at
+
+    def heartbeat(self) -> list[dict[str, Any]]:
+        """A cheap snapshot of each current source for heartbeats and health checks (no locks, no percentiles)."""
+        return [
+            {
+                "source_id": s.source_id,
+                "state": None if s.state is None else s.state.value,
+                "frames_decoded": s.frames_decoded,
+                "frames_out": self.frames_out[s.source_id],
+                "drops": sum(s.buffer.drops.values()),
+                "queue_depth": len(s.buffer),
+            }
+            for s in self.sources
+        ]
 
     def summary(self) -> dict[str, Any]:
         """Frames, fps, drops by source and reason, per-stage latency, sink statistics."""

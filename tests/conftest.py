@@ -18,6 +18,20 @@ from autotimm_stream.synthetic import ShapeScene, write_clip
 CLASSES = ["circle", "square", "triangle"]
 
 
+def checked(parts: list[bytes]) -> dict:
+    """The header of a received message after validating the whole message against schema 1 (JSON Schema).
+
+    Listener threads cannot fail a test by raising, so they append what they got; a message that
+    breaks the protocol is recorded as ``{"invalid": reason}``, which no test expects.
+    """
+    from autotimm_stream.protocol import ProtocolError, validate
+
+    try:
+        return validate(parts[0], parts[1], parts[2:])
+    except ProtocolError as exc:
+        return {"invalid": str(exc)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

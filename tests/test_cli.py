@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import decode_pts, free_port, iou
+from .conftest import checked, decode_pts, free_port, iou
 
 CLI = [sys.executable, "-m", "autotimm_stream"]
 
@@ -51,6 +51,48 @@ def test_run_writes_outputs_and_summary(clip, bundle, tmp_path):
     assert summary["frames"] == 48 and summary["error"] is None
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 48
     assert len(decode_pts(out / "annotated.mp4")[0]) == 48
+    # the run report: its path printed with the summary, recorded in summary.json, plots beside it
+    report = out / "report.md"
+    assert f"report: {report}" in proc.stderr and summary["sinks"]["report"]["path"] == str(report)
+    text = report.read_text()
+    for png in ("report_fps.png", "report_latency.png"):
+        assert f"]({png})" in text and (out / png).stat().st_size > 1000
+
+
+def test_metrics_endpoint_serves_a_configured_run(clip, bundle, tmp_path):
+    """metrics.enabled in a config: the engine serves /metrics, /healthz and /ready while it runs."""
+    import urllib.request
+
+    from autotimm_stream.app import build_pipeline
+    from autotimm_stream.config import validate_config
+
+    cfg = validate_config(
+        {
+            "sources": [{"id": "cam", "uri": str(clip), "realtime": True}],
+            "model": {"path": str(bundle)},
+            "sinks": {"zmq": {"enabled": False}, "video": {"enabled": False}, "report": {"enabled": False}},
+            "metrics": {"enabled": True, "port": 0},
+            "output_dir": str(tmp_path),
+        }
+    )
+    pipeline = build_pipeline(cfg)
+    server = next(s for s in pipeline.services if hasattr(s, "url"))
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + 30
+        while pipeline.frames_total < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+            body = r.read().decode()
+        with urllib.request.urlopen(server.url + "/ready", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        pipeline.stop()
+        pipeline.close()
+    line = next(x for x in body.splitlines() if x.startswith('autotimm_stream_frames_out_total{source="cam"}'))
+    assert float(line.split()[-1]) >= 5
 
 
 @pytest.fixture
@@ -262,7 +304,9 @@ def test_segmentation_demo_paints_the_shapes(tmp_path):
                 if proc.poll() is not None:
                     break
                 continue
-            topic, header, *payload = sub.recv_multipart()
+            parts = sub.recv_multipart()
+            assert "invalid" not in checked(parts), checked(parts)
+            topic, header, *payload = parts
             if topic.startswith(b"eos/"):
                 break
             if topic == b"segmentation/demo":
@@ -343,7 +387,8 @@ def test_listen_prints_what_a_running_engine_publishes(clip, bundle, tmp_path, e
     from autotimm_stream.config import validate_config
 
     listener = subprocess.Popen(
-        [*CLI, "listen", endpoint, "--json", "--count", "51", "--timeout", "60"],
+        [*CLI, "listen", endpoint, "--json", "--validate", "--count", "51", "--timeout", "60"]
+        + ["--topic", "classification/", "--topic", "status/", "--topic", "eos/"],  # no heartbeats
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -18,6 +18,7 @@ from autotimm_stream.config import validate_config
 from autotimm_stream.pipeline import Pipeline
 from autotimm_stream.runtime.export import export_timm
 
+from .conftest import checked
 from .rtsp import RtspServer, free_port, rtsp_available, rtsp_missing
 
 pytestmark = pytest.mark.skipif(not rtsp_available(), reason=f"RTSP test server unavailable: {rtsp_missing()}")
@@ -85,8 +86,7 @@ class StatusListener:
     def _listen(self) -> None:
         while not self._done.is_set():
             if self.sub.poll(100):
-                _, header = self.sub.recv_multipart()
-                self.got.append(json.loads(header))
+                self.got.append(checked(self.sub.recv_multipart()))
 
     def close(self) -> None:
         self._done.set()

@@ -19,7 +19,7 @@ from autotimm_stream.postprocess import Postprocessor
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.sources.convert import to_rgb
 
-from .conftest import decode_pts
+from .conftest import checked, decode_pts
 from .test_pipeline import config, read_jsonl, run
 
 
@@ -65,6 +65,7 @@ def test_detections_are_published_in_frame_pixels(clip, det_bundle, tmp_path, en
     finally:
         sub.close(0)
     assert summary["frames"] == 48
+    assert [checked(p) for p in received if "invalid" in checked(p)] == []  # every message follows schema 1
     messages = [json.loads(p[1]) for p in received if p[0] == b"detection/cam"]
     assert all(len(p) == 2 for p in received)  # no payload frames for boxes
     rows = read_jsonl(tmp_path / "predictions.jsonl")
@@ -100,6 +101,7 @@ def test_masks_travel_as_binary_frames_at_source_resolution(clip, seg_bundle, tm
         sub.close(0)
     results = [p for p in received if p[0] == b"segmentation/cam"]
     assert len(results) == 48
+    assert [checked(p) for p in received if "invalid" in checked(p)] == []  # every message follows schema 1
     expected = direct(seg_bundle, decoded_frames(clip))
     rows = read_jsonl(tmp_path / "predictions.jsonl")
     seen_classes = set()

@@ -7,6 +7,7 @@ channels_last. Which format the bundle holds is :mod:`.formats`' business, not t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -36,6 +37,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
     return device
+
+
+def file_version(path: str) -> str:
+    """The first 12 hex digits of a file's SHA-256: names exactly which weights produced a result."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 class ModelRunner:
@@ -73,6 +83,7 @@ class ModelRunner:
         self.dtype = self.network.input_dtype
         self.path = os.fspath(path)
         self.spec = self.meta.preprocess_spec()
+        self.model_version = file_version(self.path)
 
     @property
     def meta_name(self) -> str:

@@ -6,6 +6,7 @@ import collections
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Sink:
     """
 
     name = "sink"
+    # set by the SinkRunner that feeds this sink: when it is set the pipeline gives up on
+    # delivery, so a sink that waits (a blocked PUSH socket) must stop waiting
+    abort: threading.Event | None = None
 
     def open(self) -> None:
         """Acquire resources (files, sockets). Raise :class:`~autotimm_stream.errors.SinkError`."""
@@ -48,6 +52,9 @@ class Sink:
 
     def status(self, event: StatusEvent) -> None:
         """A source changed state (connecting, running, reconnecting, stopped, failed)."""
+
+    def tick(self) -> None:
+        """Called on the sink's thread at least every 0.1 s, between writes too: periodic work (heartbeats)."""
 
     def close(self) -> None:
         """Flush and release; safe to call twice."""
@@ -77,6 +84,7 @@ class SinkRunner:
         self.halt = halt
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._main, name=f"sink-{sink.name}")
+        sink.abort = halt
         self.error: BaseException | None = None
         # state changes jump the queue (a reconnect must not wait behind a backlog of results);
         # bounded: a flapping source cannot grow memory, the oldest events are forgotten first
@@ -85,9 +93,10 @@ class SinkRunner:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, item: list[Result] | EndOfStream) -> bool:
+    def submit(self, item: list[Result] | EndOfStream, give_up: Callable[[], bool] | None = None) -> bool:
+        """Queue ``item``; False when the sink failed, ``halt`` is set or ``give_up()`` says so."""
         while not self.halt.is_set():
-            if self.error is not None:
+            if self.error is not None or (give_up is not None and give_up()):
                 return False
             try:
                 self._queue.put(item, timeout=_POLL_S)
@@ -130,12 +139,14 @@ class SinkRunner:
                     item = self._queue.get(timeout=_POLL_S)
                 except queue.Empty:
                     self._flush_events()
+                    self.sink.tick()
                     if self.halt.is_set():
                         return
                     continue
                 # events raised before this item was queued go out before it (a source's
                 # "stopped" before its end-of-stream)
                 self._flush_events()
+                self.sink.tick()
                 if item is _END:
                     return
                 if isinstance(item, EndOfStream):

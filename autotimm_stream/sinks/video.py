@@ -41,12 +41,16 @@ class _Writer:
         self, path: str, width: int, height: int, time_base: Fraction, fps: float | None, options: dict[str, str]
     ):
         self.path = path
+        # delay_moov, not empty_moov: the moov goes out with the first fragment, once the first
+        # timestamp is known, so a video whose first frame is not at 0 (leading frames dropped, a
+        # live stream's connect delay) starts with an edit list at that time instead of being
+        # shifted to 0 by the muxer.
         self.container = av.open(
             path,
             "w",
             format="mp4",
             options={
-                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "movflags": "frag_keyframe+delay_moov+default_base_moof",
                 "flush_packets": "1",
                 "frag_duration": "1000000",
             },

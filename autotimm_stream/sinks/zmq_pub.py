@@ -1,43 +1,70 @@
-"""Publishes results on a ZeroMQ PUB-compatible socket, never blocking the pipeline.
+"""Publishes results over ZeroMQ: PUB (never blocks the pipeline) or PUSH (reliable, with backpressure).
 
-Wire format (schema 1): multipart ``[topic, header, payload...]``; ``topic`` is
-``<task>/<source_id>`` (or ``eos/<source_id>`` after a source's last result, ``status/<source_id>``
-when a source changes state), ``header`` a UTF-8 JSON object with a ``schema`` field. Segmentation results add one payload frame, the class map
-(raw ``uint8``, row-major, shape and encoding in ``header["mask"]``). See ``docs/protocol.md``.
+Wire format (schema 1, :mod:`autotimm_stream.protocol`, ``docs/protocol.md``): multipart
+``[topic, header, payload...]``; ``topic`` is ``<kind>/<source_id>`` where kind is the task for
+results, ``status`` when a source changes state, ``heartbeat`` once per interval per source and
+``eos`` after a source's last result; ``header`` a UTF-8 JSON object with a ``schema`` field.
+Segmentation results add one payload part, the class map (raw ``uint8`` or PNG, described by
+``header["mask"]``).
 
-The socket is an XPUB with ``XPUB_NODROP``: a send that would exceed the high-water mark fails
-at once instead of dropping silently, so every lost message is counted. ``wait_subscribers``
-makes :meth:`open` wait (bounded) for that many subscriptions, so subscribers that connect
-before the run starts get the first message too.
+``pub`` mode binds an XPUB with ``XPUB_NODROP``: a send that would exceed a subscriber's
+high-water mark fails at once instead of dropping silently, so every lost message is counted;
+``wait_subscribers`` makes :meth:`open` wait (bounded) for that many subscriptions, so
+subscribers that connect before the run starts get the first message too. ``push`` mode binds a
+PUSH socket: nothing is lost while a PULL peer is connected; when every peer is slow or absent the
+sink waits, which backs up the pipeline (files wait, live sources drop their oldest frames), and
+gives up only when the pipeline aborts. Optional CURVE encryption and client authentication
+(key files made by ``autotimm-stream keygen``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import zmq
 
 from ..errors import SinkError
 from ..frame import Result, ms_since
+from ..protocol import SCHEMA_VERSION, encode_mask
 from ..sources.base import StatusEvent
 from ..stats import StageStats
 from .base import EndOfStream, Sink
 
-__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT", "bind_socket"]
+__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT", "bind_socket", "is_local", "is_loopback", "load_curve_key"]
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _CLOSE_LINGER_MS = 1000
+_POLL_MS = 100
+
+
+def is_local(endpoint: str) -> bool:
+    """True when only this machine can reach ``endpoint`` (ipc, inproc, loopback TCP: 127.x, ::1, localhost)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return True
+    return is_loopback(rest.rsplit(":", 1)[0])
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (a name or address, IPv6 possibly in brackets) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a wildcard (*), 0.0.0.0's name or an interface name: reachable from outside
+        return False
 
 
 def bind_socket(
-    ctx: zmq.Context, kind: int, endpoint: str, field: str, example: str, options: dict[int, int]
+    ctx: zmq.Context, kind: int, endpoint: str, field: str, example: str, options: dict[int, Any]
 ) -> zmq.Socket:
     """A socket of ``kind`` bound to ``endpoint`` (linger 0), or SinkError naming config ``field``."""
     sock = ctx.socket(kind)
@@ -55,34 +82,132 @@ def bind_socket(
     return sock
 
 
+def load_curve_key(path: str, field: str, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) Z85 keys from a ZeroMQ certificate file, or SinkError naming config ``field``."""
+    import zmq.auth
+
+    want = "a secret key file (*.key_secret)" if secret else "a public key file (*.key)"
+    hint = "make a pair with `autotimm-stream keygen DIR`"
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise SinkError(f"{field}: cannot read {path!r} as {want} ({exc}); {hint}") from None
+    if secret and secret_key is None:
+        raise SinkError(f"{field}: {path!r} holds only a public key; expected {want}; {hint}")
+    return public, secret_key
+
+
 class ZmqSink(Sink):
+    """Results, source status, heartbeats and ends of streams on one ZeroMQ socket.
+
+    Args:
+        endpoint: where to bind (``tcp://127.0.0.1:5555`` by default; ``tcp://*:N`` reaches other machines).
+        mode: ``pub`` (fan-out, never blocks, drops counted) or ``push`` (reliable, backpressure).
+        hwm: messages queued per peer before PUB drops / PUSH waits.
+        wait_subscribers, wait_timeout_s: ``pub`` only: wait for that many subscriptions first.
+        mask_encoding: ``raw`` or ``png`` for segmentation class maps.
+        heartbeat_s: a ``heartbeat/<source>`` per source this often (0 = none); needs ``heartbeat``.
+        heartbeat: returns one dict per current source (``Pipeline.heartbeat``).
+        curve_secret_key: the server's secret key file: encrypt with CURVE.
+        curve_clients_dir: with CURVE, only clients whose public key file is in this folder may connect.
+    """
+
     name = "zmq"
 
     def __init__(
         self,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
+        mode: str = "pub",
         hwm: int = 1000,
         wait_subscribers: int = 0,
         wait_timeout_s: float = 5.0,
+        mask_encoding: str = "raw",
+        heartbeat_s: float = 0.0,
+        heartbeat: Callable[[], list[dict[str, Any]]] | None = None,
+        curve_secret_key: str | None = None,
+        curve_clients_dir: str | None = None,
         context: zmq.Context | None = None,
     ):
+        if mode not in ("pub", "push"):
+            raise SinkError(f"sinks.zmq.mode: expected 'pub' or 'push', got {mode!r}")
+        if mode == "push" and wait_subscribers:
+            raise SinkError("sinks.zmq.wait_subscribers applies to mode 'pub'; PUSH waits for a peer by itself")
         self.endpoint = endpoint
+        self.mode = mode
         self.hwm = hwm
         self.wait_subscribers = wait_subscribers
         self.wait_timeout_s = wait_timeout_s
+        self.mask_encoding = mask_encoding
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat = heartbeat
+        self.curve_secret_key = curve_secret_key
+        self.curve_clients_dir = curve_clients_dir
+        self._curve_keys = self._load_curve()
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
-        self.sent = 0
+        self._auth: Any = None
+        self.sent = 0  # every message, heartbeats included
         self.dropped = 0
+        self.heartbeats = 0
         self.publish_ms = StageStats()
         self.bound_endpoint = endpoint
+        self._opened = 0.0
+        self._next_beat = 0.0
+        self._beat_counts: dict[str, tuple[int, float]] = {}  # source -> (frames_out, when) at the last beat
+        self._last_index: dict[str, int] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _load_curve(self) -> tuple[bytes, bytes] | None:
+        """The server's key pair, checked at construction so a bad key fails before anything runs."""
+        if not self.curve_secret_key:
+            if self.curve_clients_dir:
+                raise SinkError("sinks.zmq.curve.clients_dir needs sinks.zmq.curve.secret_key (the server's key)")
+            return None
+        public, secret = load_curve_key(self.curve_secret_key, "sinks.zmq.curve.secret_key", secret=True)
+        if self.curve_clients_dir and not os.path.isdir(self.curve_clients_dir):
+            raise SinkError(
+                f"sinks.zmq.curve.clients_dir: {self.curve_clients_dir!r} is not a folder; expected a folder of "
+                "client public key files (*.key)"
+            )
+        assert secret is not None
+        return public, secret
+
+    def _curve_options(self) -> dict[int, Any]:
+        if self._curve_keys is None:
+            return {}
+        public, secret = self._curve_keys
+        from zmq.auth.thread import ThreadAuthenticator
+
+        # a ZAP handler is always installed with CURVE: without a clients folder it admits any
+        # client that knows the server's public key (encryption only), with one only those keys
+        self._auth = ThreadAuthenticator(self._ctx, log=_logger)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=self.curve_clients_dir or zmq.auth.CURVE_ALLOW_ANY)
+        return {zmq.CURVE_SERVER: 1, zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
 
     def open(self) -> None:
-        options = {zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1}
-        sock = bind_socket(self._ctx, zmq.XPUB, self.endpoint, "sinks.zmq.endpoint", DEFAULT_ENDPOINT, options)
+        options = self._curve_options()
+        if self.mode == "pub":
+            options.update({zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1})
+            kind = zmq.XPUB
+        else:
+            options[zmq.SNDHWM] = self.hwm
+            kind = zmq.PUSH
+        try:
+            sock = bind_socket(self._ctx, kind, self.endpoint, "sinks.zmq.endpoint", DEFAULT_ENDPOINT, options)
+        except BaseException:
+            self._stop_auth()
+            raise
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
+        if not is_local(self.endpoint):
+            _logger.warning(
+                "zmq: results are published on %s, reachable from other machines%s",
+                self.bound_endpoint,
+                "" if self.curve_secret_key else " and unencrypted (set sinks.zmq.curve.secret_key to encrypt)",
+            )
+        self._opened = self._next_beat = time.monotonic()
         if self.wait_subscribers:
             self._await_subscribers()
 
@@ -104,14 +229,20 @@ class ZmqSink(Sink):
             if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
                 seen += 1
 
-    def _send(self, topic: str, header: dict[str, Any], *payload: Any) -> None:
+    # -- sending --------------------------------------------------------------------------------
+    def _send(self, topic: str, header: dict[str, Any], *payload: Any, reliable: bool = True) -> None:
         assert self._sock is not None
         parts = [topic.encode(), json.dumps(header, separators=(",", ":")).encode(), *payload]
-        try:
-            self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-            self.sent += 1
-        except zmq.Again:
-            self.dropped += 1
+        while True:
+            try:
+                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                self.sent += 1
+                return
+            except zmq.Again:
+                if self.mode == "pub" or not reliable or (self.abort is not None and self.abort.is_set()):
+                    self.dropped += 1
+                    return
+                self._sock.poll(_POLL_MS, zmq.POLLOUT)  # PUSH: wait for a peer with room (backpressure)
 
     def write(self, results: list[Result]) -> None:
         for r in results:
@@ -126,12 +257,12 @@ class ZmqSink(Sink):
                 "publish_ns": publish_ns,
                 "latency_ms": round((publish_ns - r.frame.capture_ns) / 1e6, 3),
             }
+            self._last_index[r.source_id] = r.index
             if r.mask is None:
                 self._send(f"{r.task}/{r.source_id}", header)
                 continue
-            mask = np.ascontiguousarray(r.mask)
-            header["mask"] = {"encoding": "raw", "dtype": str(mask.dtype), "shape": list(mask.shape), "frame": 2}
-            self._send(f"{r.task}/{r.source_id}", header, memoryview(mask).cast("B"))
+            header["mask"], payload = encode_mask(r.mask, self.mask_encoding)
+            self._send(f"{r.task}/{r.source_id}", header, payload)
 
     def end_of_stream(self, eos: EndOfStream) -> None:
         self._send(
@@ -142,6 +273,35 @@ class ZmqSink(Sink):
     def status(self, event: StatusEvent) -> None:
         self._send(f"status/{event.source_id}", {"schema": SCHEMA_VERSION, **event.to_json()})
 
+    def tick(self) -> None:
+        if self._sock is None or not self.heartbeat_s or self.heartbeat is None:
+            return
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self.heartbeat_s
+        at_ns = time.time_ns()
+        for info in self.heartbeat():
+            sid = info["source_id"]
+            frames, since = self._beat_counts.get(sid, (0, self._opened))
+            self._beat_counts[sid] = (info["frames_out"], now)
+            fps = (info["frames_out"] - frames) / (now - since) if now > since else 0.0
+            header = {
+                "schema": SCHEMA_VERSION,
+                **info,
+                "fps": round(max(fps, 0.0), 3),
+                "last_frame_index": self._last_index.get(sid),
+                "uptime_s": round(now - self._opened, 3),
+                "at_ns": at_ns,
+            }
+            self._send(f"heartbeat/{sid}", header, reliable=False)
+            self.heartbeats += 1
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
     def close(self) -> None:
         if self._sock is not None:
             # linger a moment: messages still queued in ZMQ's I/O thread (the last results and the
@@ -149,11 +309,14 @@ class ZmqSink(Sink):
             # the shutdown. Seen on a loaded machine: a subscriber missing the last result and eos.
             self._sock.close(linger=_CLOSE_LINGER_MS)
             self._sock = None
+        self._stop_auth()
 
     def stats(self) -> dict[str, Any]:
         return {
             "endpoint": self.bound_endpoint,
+            "mode": self.mode,
             "sent": self.sent,
             "dropped": self.dropped,
+            "heartbeats": self.heartbeats,
             "publish_ms": self.publish_ms.summary(),
         }

@@ -1,0 +1,268 @@
+"""Saves a JPEG of a frame when a chosen class appears in it: evidence for alerts and later review.
+
+A class is *present* in a result when
+
+- detection: a detection of that class scores at least ``min_score``;
+- classification, multi-label: the class is among ``result.classes`` (the top-K, or those above
+  the model's threshold) with a score of at least ``min_score``;
+- segmentation: the class covers at least ``min_fraction`` of the frame's pixels.
+
+A snapshot is written when a class is present and no snapshot of that class was written for that
+source in the last ``cooldown_s``. So the first frame a class appears in is saved (its rising
+edge), a class that stays in view is saved again once per ``cooldown_s``, and a detection that
+flickers around its threshold writes at most one file per cooldown (a pure rising-edge rule would
+write one per flicker). Time is the source's PTS, so a file gives the same snapshots whether it is
+played in real time or ten times faster; frames without a PTS fall back to their capture time.
+
+Files are named ``{source}_{frame_index:08d}_{class}.jpg`` and appear atomically (written under a
+hidden temporary name, then renamed), so a watcher of the folder never reads half a JPEG.
+``max_files`` bounds the disk a long run can use: past it, snapshots are counted as skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..annotate import draw_result
+from ..errors import ConfigError, SinkError
+from ..frame import Result
+from .base import EndOfStream, Sink
+
+__all__ = [
+    "SnapshotSink",
+    "check_classes",
+    "present_classes",
+    "safe_name",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_MIN_FRACTION",
+    "DEFAULT_COOLDOWN_S",
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_QUALITY",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_SCORE = 0.5
+DEFAULT_MIN_FRACTION = 0.01
+DEFAULT_COOLDOWN_S = 5.0
+DEFAULT_MAX_FILES = 1000
+DEFAULT_QUALITY = 90
+_FIELD = "sinks.snapshot"
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w keeps letters of any script: a class named 猫 stays readable
+_MAX_NAME = 64
+_SHOWN_CLASSES = 20
+_EPS_S = 1e-6
+
+
+def safe_name(name: str, fallback: str = "x") -> str:
+    """``name`` made safe for a file name: runs of other characters become ``_``, no leading dot or dash."""
+    out = _UNSAFE.sub("_", name).strip("._-")[:_MAX_NAME].rstrip("._-")
+    return out or fallback
+
+
+def check_classes(classes: Sequence[str], model_classes: Sequence[str], field: str = f"{_FIELD}.classes") -> None:
+    """Raise :class:`ConfigError` unless every name in ``classes`` is one of the model's classes."""
+    known = list(model_classes)
+    unknown = [c for c in classes if c not in set(known)]
+    if not unknown:
+        return
+    hints = []
+    lowered = {k.lower(): k for k in known}
+    for c in unknown:
+        match = lowered.get(c.lower()) or next(iter(difflib.get_close_matches(c, known, n=1)), None)
+        if match is not None:
+            hints.append(f"{c!r} -> {match!r}")
+    shown = ", ".join(repr(k) for k in known[:_SHOWN_CLASSES]) + (" ..." if len(known) > _SHOWN_CLASSES else "")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    raise ConfigError(
+        f"{field}: {', '.join(repr(c) for c in unknown)} not among the model's {len(known)} classes{hint}; "
+        f"expected names from [{shown}]; fix the spelling or remove them (`autotimm-stream info MODEL` lists them)"
+    )
+
+
+def present_classes(result: Result, wanted: set[str], min_score: float, min_fraction: float) -> list[str]:
+    """The classes of ``wanted`` present in ``result`` (see the module docstring), in result order."""
+    found: dict[str, None] = {}  # ordered set
+    if result.task == "detection":
+        for d in result.detections:
+            if d.label in wanted and d.score >= min_score:
+                found[d.label] = None
+    elif result.task == "segmentation":
+        for _, name, fraction in result.class_fractions:
+            if name in wanted and fraction >= min_fraction:
+                found[name] = None
+    else:
+        for p in result.classes:
+            if p.label in wanted and p.score >= min_score:
+                found[p.label] = None
+    return list(found)
+
+
+class SnapshotSink(Sink):
+    """JPEG snapshots of the frames in which chosen classes appear, at most one per source and class per cooldown.
+
+    Args:
+        folder: where the JPEGs go (created by :meth:`open`).
+        classes: the labels that trigger a snapshot; empty: none (the sink writes nothing).
+        min_score: detection, classification and multi-label score a class needs to count as present.
+        min_fraction: share of the frame's pixels a class needs to count as present (segmentation).
+        cooldown_s: per source and class, the least time between two snapshots (source PTS seconds).
+        annotated: draw the result (boxes, labels, masks) on the snapshot, as in the annotated video.
+        max_files: files written at most; later snapshots are skipped and counted.
+        quality: JPEG quality, 1-100.
+    """
+
+    name = "snapshot"
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        classes: Sequence[str],
+        *,
+        min_score: float = DEFAULT_MIN_SCORE,
+        min_fraction: float = DEFAULT_MIN_FRACTION,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        annotated: bool = True,
+        max_files: int = DEFAULT_MAX_FILES,
+        quality: int = DEFAULT_QUALITY,
+    ):
+        if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
+            raise ConfigError(f"{_FIELD}.classes: expected a list of class names, got {classes!r}")
+        for key, value, lo, hi in (
+            ("min_score", min_score, 0.0, 1.0),
+            ("min_fraction", min_fraction, 0.0, 1.0),
+            ("cooldown_s", cooldown_s, 0.0, float("inf")),
+            ("max_files", max_files, 1, float("inf")),
+            ("quality", quality, 1, 100),
+        ):
+            if not lo <= value <= hi:
+                raise ConfigError(f"{_FIELD}.{key}: expected a value in [{lo}, {hi}], got {value!r}")
+        self.folder = os.fspath(folder)
+        self.classes = list(dict.fromkeys(classes))
+        self.min_score = min_score
+        self.min_fraction = min_fraction
+        self.cooldown_s = cooldown_s
+        self.annotated = annotated
+        self.max_files = max_files
+        self.quality = quality
+        self._wanted = set(self.classes)
+        # each class's part of the file name, unique even where two names sanitise alike ("a b", "a/b")
+        self._file_names: dict[str, str] = {}
+        for k, c in enumerate(self.classes):
+            base = safe_name(c, fallback=f"class{k}")
+            self._file_names[c] = base if base not in self._file_names.values() else f"{base}_{k}"
+        self._last: dict[tuple[str, str], float] = {}  # (source, class) -> time of its last snapshot
+        self.written = 0
+        self.skipped = 0  # snapshots due once max_files was reached
+        self.failed = 0  # snapshots that could not be encoded or written (disk full, folder removed)
+        self.per_class: Counter[str] = Counter()
+        self.paths: list[str] = []  # files written, in order (at most max_files)
+
+    def check_classes(self, model_classes: Sequence[str]) -> None:
+        """Raise :class:`ConfigError` when a chosen class is not one of the model's (call once the model is loaded)."""
+        check_classes(self.classes, model_classes)
+
+    def open(self) -> None:
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(
+                f"{_FIELD}.folder: cannot create {self.folder!r} ({exc.strerror}); pick a writable folder"
+            ) from None
+        if not os.access(self.folder, os.W_OK):
+            raise SinkError(f"{_FIELD}.folder: cannot write into {self.folder!r}; pick a writable folder")
+        if not self.classes:
+            _logger.warning("%s.classes is empty: no snapshot will be written", _FIELD)
+
+    def write(self, results: list[Result]) -> None:
+        if not self._wanted:
+            return
+        for r in results:
+            due = self._due(r)
+            if due:
+                self._save(r, due)
+
+    def _due(self, r: Result) -> list[str]:
+        """The classes present in ``r`` whose cooldown for its source has run out; marks them taken."""
+        f = r.frame
+        t = f.pts if f.pts is not None else f.capture_ns / 1e9
+        due = []
+        for c in present_classes(r, self._wanted, self.min_score, self.min_fraction):
+            last = self._last.get((f.source_id, c))
+            # time going backwards (a looping file, a source whose clock restarted) starts afresh
+            # 1 us of slack: 1.2 - 0.8 is 0.3999... in floats, and a cooldown of exactly N frame
+            # intervals must not wait a frame longer
+            if last is None or t - last >= self.cooldown_s - _EPS_S or t < last:
+                self._last[(f.source_id, c)] = t
+                due.append(c)
+        return due
+
+    def _save(self, r: Result, due: list[str]) -> None:
+        room = self.max_files - self.written
+        if room < len(due):
+            if self.skipped == 0:
+                _logger.warning(
+                    "%s: max_files (%d) reached in %s; further snapshots are skipped (raise %s.max_files)",
+                    _FIELD,
+                    self.max_files,
+                    self.folder,
+                    _FIELD,
+                )
+            self.skipped += len(due) - max(room, 0)
+            due = due[: max(room, 0)]
+            if not due:
+                return
+        image = draw_result(r) if self.annotated else r.frame.image
+        bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)  # OpenCV encodes BGR
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            self._failed(f"frame {r.index} of {r.source_id} could not be encoded as JPEG", len(due))
+            return
+        stem = f"{safe_name(r.source_id, fallback='source')}_{r.index:08d}"
+        for c in due:
+            name = f"{stem}_{self._file_names[c]}.jpg"
+            path = os.path.join(self.folder, name)
+            tmp = os.path.join(self.folder, f".{name}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(jpeg.tobytes())
+                os.replace(tmp, path)
+            except OSError as exc:
+                self._failed(f"cannot write {path!r} ({exc.strerror})", 1)
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                continue
+            self.written += 1
+            self.per_class[c] += 1
+            self.paths.append(path)
+
+    def _failed(self, why: str, n: int) -> None:
+        # a snapshot is a side product: a full disk must not stop inference, but it must be seen
+        log = _logger.error if self.failed == 0 else _logger.debug
+        log("%s: %s; counted as failed", _FIELD, why)
+        self.failed += n
+
+    def end_of_stream(self, eos: EndOfStream) -> None:
+        # a source added again under the same id starts with its own clock
+        for key in [k for k in self._last if k[0] == eos.source_id]:
+            del self._last[key]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "written": self.written,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "classes": {c: self.per_class[c] for c in self.classes},
+        }
