@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def checked(parts: list[bytes]) -> dict:
         return validate(parts[0], parts[1], parts[2:])
     except ProtocolError as exc:
         return {"invalid": str(exc)}
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def free_port() -> int:

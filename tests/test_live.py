@@ -26,15 +26,7 @@ from autotimm_stream.frame import Frame
 from autotimm_stream.ringbuffer import RingBuffer
 from autotimm_stream.sources import LiveSource, ReconnectPolicy, SourceState, live, redact_url, rtsp_spec
 
-from .conftest import free_port
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+from .conftest import free_port, wait_for
 
 
 def read_rows(path: Path) -> list[dict]:

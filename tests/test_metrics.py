@@ -26,7 +26,7 @@ from autotimm_stream.pipeline import Pipeline
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.sinks import EndOfStream, Sink, ZmqSink
 
-from .conftest import free_port
+from .conftest import free_port, wait_for
 
 STAGES = ("decode", "queue", "preprocess", "wait", "infer", "post")
 Samples = dict[tuple[str, frozenset], float]
@@ -63,14 +63,6 @@ def scrape(server: MetricsServer) -> Samples:
 
 def val(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
