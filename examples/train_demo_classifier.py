@@ -34,70 +34,78 @@ under 2 minutes in all (about 2 minutes of CPU time). The bundle is ~1.6 MB.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 
-# Run from a checkout without installing the package: put the repository root on the path.
+# Run from a checkout without installing the package: put the repository root, and this folder (for
+# demo_training, what the demo training scripts share), on the path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from autotimm_stream.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
+from demo_training import (  # noqa: E402
+    HELDOUT_SEEDS,
+    TORCH_THREADS,
+    TRAIN_SEED_STRIDE,
+    ScenePool,
+    Scenes,
+    augment_frame,
+    cached_inputs,
+    check_bundle_spec,
+    count_params,
+    demo_clip_set,
+    heldout_scenes,
+    new_parser,
+    seed_all,
+    write_report,
+)
+
+from autotimm_stream.preprocess import PreprocessSpec, plan  # noqa: E402
 from autotimm_stream.runtime.export import export_timm  # noqa: E402
-from autotimm_stream.runtime.formats import read_meta  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene, write_clip  # noqa: E402
+from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 
 MODEL_NAME = "test_resnet"
 CLASS_NAMES = list(SHAPES)
 DEFAULT_OUT = REPO_ROOT / "autotimm_stream" / "assets" / "demo_classifier.pt"
 
-# The demo clip, as autotimm_stream.demo makes it (keep in step with DEMO_SEED and demo_config there):
-# never trained on, only measured.
+# The demo clip's scene, as autotimm_stream.demo makes it (keep in step with DEMO_SEED and demo_config
+# there): never trained on, only measured.
 DEMO_SEED = 7
-DEMO_CLIP = {"frames": 250, "width": 640, "height": 360, "fps": 25}
-HELDOUT_SEEDS = range(100, 130)  # 30 scenes x 12 frames = 360 held-out frames
-HELDOUT_FRAMES_PER_SCENE = 12
-HELDOUT_FRAME_STRIDE = 7  # 12 frames 7 apart span t = 0..77, across the first class switch (t = 50)
 TRAIN_SEED_BASE = 10_000
-TRAIN_SEED_STRIDE = 1_000_000  # per --seed, so different runs draw different training scenes
-
-# (width, height). Training covers landscape, square and portrait; the held-out list adds sizes
-# never seen in training so the report says something about "frames of any size".
-TRAIN_SIZES: tuple[tuple[int, int], ...] = (
-    (320, 240), (640, 360), (480, 480), (1280, 720), (360, 640), (800, 600), (640, 480), (240, 320),
+# One large shape a scene. Training covers landscape, square and portrait; the held-out list adds
+# sizes never seen in training so the report says something about "frames of any size".
+SCENES = Scenes(
+    train_sizes=(
+        (320, 240), (640, 360), (480, 480), (1280, 720), (360, 640), (800, 600), (640, 480), (240, 320),
+    ),
+    heldout_sizes=(
+        (640, 360), (320, 240), (480, 480), (1280, 720), (960, 540), (1024, 768), (300, 300), (720, 1280),
+    ),
+    uses_per_scene=24,
+    heldout_frames_per_scene=12,  # 30 scenes x 12 frames = 360 held-out frames
+    heldout_frame_stride=7,  # 12 frames 7 apart span t = 0..77, across the first class switch (t = 50)
+    dominant=True,
 )  # fmt: skip
-HELDOUT_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (320, 240), (480, 480), (1280, 720), (960, 540), (1024, 768), (300, 300), (720, 1280),
-)  # fmt: skip
 
-POOL_SIZE = 48  # scenes alive at once while generating: consecutive frames mix many scenes
-USES_PER_SCENE = 24  # samples drawn from a scene before it is replaced by a fresh seed
-MAX_SKIP = 15  # frames advanced between two samples of a scene, so consecutive samples differ
 # 64 px instead of timm's 160 for test_resnet: the shapes are large and plain, a step costs about a
 # fifth, and in short trials the tiny network learned faster at 64 than at 96 (at 160 it was still
 # at chance after 300 steps). The bundle records the size, so the engine resizes frames to match.
 IMAGE_SIZE = 64
 DEFAULT_STEPS = 400
 DEFAULT_FRAMES = 5000
-GEN_CHUNK = 64  # frames rendered and preprocessed per call
 WARMUP_STEPS = 20
 LR = 3e-3
 WEIGHT_DECAY = 0.05
-TORCH_THREADS = 2  # fixed, because float reductions (and so the weights) depend on the thread count
 
 
 def train_spec(model: torch.nn.Module, image_size: int) -> PreprocessSpec:
@@ -114,61 +122,20 @@ def train_spec(model: torch.nn.Module, image_size: int) -> PreprocessSpec:
     )
 
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Photometric noise the demo's footage may carry; geometry stays as the engine will see it."""
-    # Brightness/contrast: backgrounds and colours vary by seed, lighting should not matter.
-    img = cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.6, 1.4)), beta=float(rng.uniform(-40, 40)))
-    # Mirroring keeps every class (the triangle still points up); vertical flips would not.
-    if rng.random() < 0.5:
-        img = cv2.flip(img, 1)
-    # Compression artefacts stand in for the H.264 round-trip of the demo clip.
-    if rng.random() < 0.3:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
-        if ok:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    return np.ascontiguousarray(img)
+def scene_label(scene: ShapeScene) -> int:
+    """The class id of the scene's one shape."""
+    return SHAPES.index(scene.labels()[0])
 
 
-class TrainFrames:
-    """An endless, seeded stream of (augmented frame, label) drawn from a rotating pool of scenes.
+def train_sample(scene: ShapeScene, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """An augmented frame of ``scene`` and its label.
 
-    Building a scene costs far more than rendering one of its frames (its background is made up
-    front), so each scene serves several samples, a few frames apart, before it is replaced.
+    ``augment_frame``, with fewer JPEG round-trips (30% of the frames): photometric noise and
+    mirroring, otherwise the geometry stays as the engine will see it.
     """
-
-    def __init__(self, rng: np.random.Generator, first_seed: int) -> None:
-        self.rng = rng
-        self.first_seed = self.next_seed = first_seed
-        self.pool = [self._new_scene() for _ in range(POOL_SIZE)]
-        self.uses = [0] * POOL_SIZE
-
-    def _new_scene(self) -> ShapeScene:
-        seed = self.next_seed
-        self.next_seed += 1
-        if seed == DEMO_SEED or seed in HELDOUT_SEEDS:
-            raise AssertionError(f"training seed {seed} collides with a held-out or demo seed")
-        w, h = TRAIN_SIZES[int(self.rng.integers(len(TRAIN_SIZES)))]
-        return ShapeScene(w, h, seed=seed, dominant=True)
-
-    def sample(self) -> tuple[np.ndarray, int]:
-        i = int(self.rng.integers(POOL_SIZE))
-        scene = self.pool[i]
-        for _ in range(int(self.rng.integers(1, MAX_SKIP + 1))):
-            scene.step()
-        label = SHAPES.index(scene.labels()[0])
-        img = augment(scene.render(), self.rng)
-        self.uses[i] += 1
-        if self.uses[i] >= USES_PER_SCENE:
-            self.pool[i], self.uses[i] = self._new_scene(), 0
-        return img, label
-
-    def batch(self, n: int) -> tuple[list[np.ndarray], torch.Tensor]:
-        frames, labels = zip(*(self.sample() for _ in range(n)), strict=True)
-        return list(frames), torch.tensor(labels)
-
-    @property
-    def scenes_used(self) -> int:
-        return self.next_seed - self.first_seed
+    label = scene_label(scene)
+    img, _ = augment_frame(scene.render(), rng, jpeg_p=0.3)
+    return img, label
 
 
 def lr_at(step: int, steps: int) -> float:
@@ -188,18 +155,12 @@ def build_dataset(spec: PreprocessSpec, n: int, seed: int) -> tuple[torch.Tensor
     for hundreds of steps. Rendering and resizing large frames is also the costliest part, and
     the cache pays it once. 5000 inputs at 64 px take ~250 MB.
     """
-    stream = TrainFrames(np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed)
-    xs, ys = [], []
-    start = time.perf_counter()
-    for done in range(0, n, GEN_CHUNK):
-        frames, labels = stream.batch(min(GEN_CHUNK, n - done))
-        xs.append(preprocess_batch(frames, spec))  # the engine's preprocessing, not a re-implementation
-        ys.append(labels)
-        if (done // GEN_CHUNK) % 20 == 19 or done + GEN_CHUNK >= n:
-            print(f"frames {done + len(labels):5d}/{n}  {time.perf_counter() - start:6.1f}s", flush=True)
-    y = torch.cat(ys)
+    stream = ScenePool(np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed, SCENES, DEMO_SEED)
+    # float32, as preprocess_batch makes them (the detector and segmentor cache float16)
+    x, labels = cached_inputs(lambda: stream.sample(train_sample), spec, n, dtype=torch.float32, report_every=20)
+    y = torch.tensor(labels)
     print(f"{stream.scenes_used} training scenes; class counts {torch.bincount(y, minlength=len(SHAPES)).tolist()}")
-    return torch.cat(xs), y
+    return x, y
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, seed: int) -> None:
@@ -238,22 +199,17 @@ def heldout_frames(spec: PreprocessSpec) -> tuple[list[np.ndarray], list[int], l
     labels: list[int] = []
     sizes: list[str] = []
     visible: list[float] = []
-    for k, seed in enumerate(HELDOUT_SEEDS):
-        w, h = HELDOUT_SIZES[k % len(HELDOUT_SIZES)]
-        scene = ShapeScene(w, h, seed=seed, dominant=True)
-        for _ in range(HELDOUT_FRAMES_PER_SCENE):
-            frames.append(scene.render())
-            labels.append(SHAPES.index(scene.labels()[0]))
-            sizes.append(f"{w}x{h}")
-            visible.append(_visible_fraction(scene, w, h, spec))
-            for _ in range(HELDOUT_FRAME_STRIDE):
-                scene.step()
+    for scene in heldout_scenes(SCENES):
+        frames.append(scene.render())
+        labels.append(scene_label(scene))
+        sizes.append(f"{scene.width}x{scene.height}")
+        visible.append(_visible_fraction(scene, spec))
     return frames, labels, sizes, visible
 
 
-def _visible_fraction(scene: ShapeScene, w: int, h: int, spec: PreprocessSpec) -> float:
+def _visible_fraction(scene: ShapeScene, spec: PreprocessSpec) -> float:
     """How much of the shape's box lies inside the centre crop (the model never sees the rest)."""
-    geo = plan(h, w, spec)
+    geo = plan(scene.height, scene.width, spec)
     (sy, sx), (top, left), (oh, ow) = geo.scale, geo.crop, spec.size
     cx0, cy0, cx1, cy1 = left / sx, top / sy, (left + ow) / sx, (top + oh) / sy
     x0, y0, x1, y1 = scene.shapes[0].box()
@@ -265,23 +221,14 @@ def predict(runner: ModelRunner, frames: Sequence[np.ndarray], batch: int = 64) 
     """Class ids through the engine path: the runner's preprocessing and its frozen network."""
     out = []
     for i in range(0, len(frames), batch):
-        logits = runner.forward(runner.preprocess(list(frames[i : i + batch])))
+        logits = runner.forward(runner.preprocess(list(frames[i : i + batch])))[0]  # one output: the logits
         out.append(logits.argmax(1).cpu().numpy())
     return np.concatenate(out)
 
 
 def demo_clip_accuracy(runner: ModelRunner) -> tuple[float, int]:
     """Accuracy on the demo clip itself after its H.264 round-trip (never trained on)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_clip(os.path.join(tmp, "demo.mp4"), **DEMO_CLIP, seed=DEMO_SEED, dominant=True)
-        with av.open(path) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    # write_clip renders with the default scene arguments, so a twin scene replays its labels.
-    twin = ShapeScene(DEMO_CLIP["width"], DEMO_CLIP["height"], seed=DEMO_SEED, dominant=True)
-    labels = []
-    for _ in frames:
-        labels.append(SHAPES.index(twin.labels()[0]))
-        twin.step()
+    frames, labels = demo_clip_set(DEMO_SEED, scene_label, dominant=True)
     pred = predict(runner, frames)
     return float((pred == np.array(labels)).mean()), len(frames)
 
@@ -314,18 +261,16 @@ def evaluate(path: Path) -> dict[str, object]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="bundle to write (a .json report goes next to it)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
-    p.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES, help=f"cached training frames (default {DEFAULT_FRAMES})"
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=IMAGE_SIZE,
-        help=f"model input side; 0 = timm's default (default {IMAGE_SIZE})",
+    p = new_parser(
+        __doc__,
+        "--out",
+        DEFAULT_OUT,
+        "bundle to write (a .json report goes next to it)",
+        steps=DEFAULT_STEPS,
+        frames=DEFAULT_FRAMES,
+        batch_size=32,
+        image_size=IMAGE_SIZE,
+        image_size_help="model input side; 0 = timm's default",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the choice of training scenes")
     p.add_argument("--min-accuracy", type=float, default=0.95, help="exit with status 1 below this held-out accuracy")
@@ -337,14 +282,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)  # nothing here uses the global numpy RNG, but third-party code might
-    torch.set_num_threads(TORCH_THREADS)
+    seed_all(args.seed)
     torch.use_deterministic_algorithms(True)
 
     model = timm.create_model(MODEL_NAME, pretrained=False, num_classes=len(CLASS_NAMES))
     spec = train_spec(model, args.image_size)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     print(f"{MODEL_NAME}: {n_params / 1e3:.0f}k parameters, input {spec.size}, {spec}", flush=True)
 
     start = time.perf_counter()
@@ -356,9 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     export_timm(MODEL_NAME, args.out, CLASS_NAMES, image_size=spec.size[0], state_dict=model.state_dict(), top_k=3)
-    # The bundle must ask the engine for exactly the preprocessing the network was trained on.
-    if read_meta(args.out).preprocess_spec() != spec:
-        raise RuntimeError(f"bundle preprocessing {read_meta(args.out).preprocess_spec()} differs from training {spec}")
+    check_bundle_spec(args.out, spec)
 
     metrics = evaluate(args.out)
     report = {
@@ -378,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
     }
     report_path = args.out.with_suffix(".json")
-    report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=1))
+    write_report(report_path, report)
     print(f"wrote {args.out} ({report['bundle_bytes'] / 1e6:.2f} MB) and {report_path}")
 
     if report["heldout_accuracy"] < args.min_accuracy:  # type: ignore[operator]

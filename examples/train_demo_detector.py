@@ -66,27 +66,50 @@ re-exports its bundle), e.g. after a change to the engine's export or post-proce
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import torch
 
-# Run from a checkout without installing the package: put the repository root on the path.
+# Run from a checkout without installing the package: put the repository root, and this folder (for
+# demo_training, what the demo training scripts share), on the path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from demo_training import (  # noqa: E402
+    HELDOUT_SEEDS,
+    MULTI_SHAPE_SCENES,
+    TORCH_THREADS,
+    TRAIN_SEED_STRIDE,
+    ScenePool,
+    augment_frame,
+    cached_inputs,
+    check_lightning_args,
+    count_params,
+    demo_clip_set,
+    engine_predictor,
+    export_bundle,
+    fit,
+    heldout_set,
+    lightning_versions,
+    load_lightning_checkpoint,
+    make_datamodule,
+    new_parser,
+    preprocess_facts,
+    previous_training,
+    seed_all,
+    train_and_save,
+    write_report,
+)
 
 from autotimm_stream.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene, write_clip  # noqa: E402
+from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 
 BACKBONE = "test_resnet"
 CLASS_NAMES = list(SHAPES)
@@ -94,46 +117,22 @@ FPN_CHANNELS = 64
 HEAD_NUM_CONVS = 2
 DEFAULT_OUT = REPO_ROOT / "demo_out" / "demo_detector.ckpt"
 
-# The demo clip (keep in step with autotimm_stream.demo): never trained on, only measured.
+# The demo clip's scene (keep in step with autotimm_stream.demo): never trained on, only measured.
+# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): demo_training.MULTI_SHAPE_SCENES.
 DEMO_SEED = 7
-DEMO_CLIP = {"frames": 250, "width": 640, "height": 360, "fps": 25}
-HELDOUT_SEEDS = range(100, 130)  # 30 scenes x 8 frames = 240 held-out frames
-HELDOUT_FRAMES_PER_SCENE = 8
-HELDOUT_FRAME_STRIDE = 10
 TRAIN_SEED_BASE = 20_000
-TRAIN_SEED_STRIDE = 1_000_000  # per --seed, so different runs draw different training scenes
 
-# (width, height). Training covers landscape, square and portrait; the held-out list adds sizes
-# never seen in training.
-TRAIN_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (320, 240), (480, 480), (1280, 720), (360, 640), (800, 600), (640, 480), (960, 540),
-)  # fmt: skip
-HELDOUT_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (320, 240), (480, 480), (1280, 720), (1024, 768), (300, 300), (720, 1280), (854, 480),
-)  # fmt: skip
-TRAIN_SHAPES = (1, 5)  # shapes per training scene, inclusive range
-HELDOUT_SHAPES = 3
-
-POOL_SIZE = 48  # scenes alive at once while generating: consecutive frames mix many scenes
-USES_PER_SCENE = 12  # samples drawn from a scene before it is replaced by a fresh seed
-MAX_SKIP = 15  # frames advanced between two samples of a scene
 IMAGE_SIZE = 256
 DEFAULT_STEPS = 1600
 DEFAULT_FRAMES = 3000
 BATCH_SIZE = 4
-GEN_CHUNK = 64
 LR = 4e-3  # peak of the one-cycle schedule
 WEIGHT_DECAY = 1e-4
 SCORE_THRESH = 0.3  # the score a detection must reach to count (and the bundle's default threshold)
 NMS_THRESH = 0.5
 SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 IGNORE_VISIBLE_BELOW = 0.5  # ground truth this hidden by later shapes is optional
-TORCH_THREADS = 2
-# Report fields that describe the training run (kept by --evaluate-only).
-TRAINING_KEYS = (
-    "seed", "steps", "batch_size", "train_frames", "lr",
-    "data_wall_time_s", "fit_wall_time_s", "train_wall_time_s", "train_cpu_time_s",
-)  # fmt: skip
+LOSS_KEYS = ("train/loss", "train/cls_loss", "train/reg_loss", "train/centerness_loss")  # logged while training
 
 Truth = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4] xyxy, labels [N], ignore [N] (bool)
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [M, 4] xyxy, scores [M], labels [M]
@@ -168,19 +167,15 @@ def scene_truth(scene: ShapeScene) -> Truth:
     return boxes, labels, ignore
 
 
-def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Photometric noise the demo's footage may carry, and mirroring (boxes follow)."""
-    img = cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.6, 1.4)), beta=float(rng.uniform(-40, 40)))
-    if rng.random() < 0.5:  # a mirrored triangle still points up: every class survives
-        img = cv2.flip(img, 1)
-        w = img.shape[1]
+def train_sample(scene: ShapeScene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An augmented frame of ``scene`` (``augment_frame``), its boxes (mirrored with it) and labels."""
+    # Train on every shape, even a mostly hidden one: its visible part still says where it is.
+    boxes, labels, _ = scene_truth(scene)
+    img, mirrored = augment_frame(scene.render(), rng)
+    if mirrored:
         boxes = boxes.copy()
-        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-    if rng.random() < 0.5:  # compression artefacts stand in for the H.264 of the demo clip
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
-        if ok:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    return np.ascontiguousarray(img), boxes
+        boxes[:, [0, 2]] = img.shape[1] - boxes[:, [2, 0]]
+    return img, boxes, labels
 
 
 def to_input_boxes(boxes: np.ndarray, h: int, w: int, spec: PreprocessSpec) -> np.ndarray:
@@ -200,61 +195,22 @@ def to_frame_boxes(boxes: np.ndarray, h: int, w: int, spec: PreprocessSpec) -> n
     return out
 
 
-class TrainFrames:
-    """An endless, seeded stream of (augmented frame, boxes, labels) from a rotating pool of scenes."""
-
-    def __init__(self, rng: np.random.Generator, first_seed: int) -> None:
-        self.rng = rng
-        self.first_seed = self.next_seed = first_seed
-        self.pool = [self._new_scene() for _ in range(POOL_SIZE)]
-        self.uses = [0] * POOL_SIZE
-
-    def _new_scene(self) -> ShapeScene:
-        seed = self.next_seed
-        self.next_seed += 1
-        if seed == DEMO_SEED or seed in HELDOUT_SEEDS:
-            raise AssertionError(f"training seed {seed} collides with a held-out or demo seed")
-        w, h = TRAIN_SIZES[int(self.rng.integers(len(TRAIN_SIZES)))]
-        n = int(self.rng.integers(TRAIN_SHAPES[0], TRAIN_SHAPES[1] + 1))
-        return ShapeScene(w, h, seed=seed, n_shapes=n)
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        i = int(self.rng.integers(POOL_SIZE))
-        scene = self.pool[i]
-        for _ in range(int(self.rng.integers(1, MAX_SKIP + 1))):
-            scene.step()
-        boxes, labels, ignore = scene_truth(scene)
-        # Train on every shape, even a mostly hidden one: its visible part still says where it is.
-        img, boxes = augment(scene.render(), boxes, self.rng)
-        self.uses[i] += 1
-        if self.uses[i] >= USES_PER_SCENE:
-            self.pool[i], self.uses[i] = self._new_scene(), 0
-        return img, boxes, labels
-
-    @property
-    def scenes_used(self) -> int:
-        return self.next_seed - self.first_seed
-
-
 def build_dataset(
     spec: PreprocessSpec, n: int, seed: int
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """``n`` cached network inputs (float16), made by the engine's ``preprocess_batch``, and their targets."""
-    stream = TrainFrames(np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed)
-    h, w = spec.size
-    x = torch.empty((n, 3, h, w), dtype=torch.float16)
-    all_boxes: list[torch.Tensor] = []
-    all_labels: list[torch.Tensor] = []
-    start = time.perf_counter()
-    for done in range(0, n, GEN_CHUNK):
-        samples = [stream.sample() for _ in range(min(GEN_CHUNK, n - done))]
-        frames = [s[0] for s in samples]
-        x[done : done + len(frames)] = preprocess_batch(frames, spec).half()
-        for img, boxes, labels in samples:
-            all_boxes.append(torch.from_numpy(to_input_boxes(boxes, img.shape[0], img.shape[1], spec)))
-            all_labels.append(torch.from_numpy(labels))
-        if (done // GEN_CHUNK) % 10 == 9 or done + GEN_CHUNK >= n:
-            print(f"frames {done + len(frames):5d}/{n}  {time.perf_counter() - start:6.1f}s", flush=True)
+    stream = ScenePool(
+        np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed, MULTI_SHAPE_SCENES, DEMO_SEED
+    )
+
+    def sample() -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
+        img, boxes, labels = stream.sample(train_sample)
+        boxes = to_input_boxes(boxes, img.shape[0], img.shape[1], spec)
+        return img, (torch.from_numpy(boxes), torch.from_numpy(labels))
+
+    x, targets = cached_inputs(sample, spec, n)
+    all_boxes = [boxes for boxes, _ in targets]
+    all_labels = [labels for _, labels in targets]
     counts = torch.bincount(torch.cat(all_labels), minlength=len(SHAPES)).tolist()
     print(f"{stream.scenes_used} training scenes; objects per class {counts}", flush=True)
     return x, all_boxes, all_labels
@@ -287,98 +243,31 @@ def build_model(seed: int, steps: int):
         )
 
 
-class _Cached(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
-        self.x, self.boxes, self.labels = x, boxes, labels
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-    def collate(self, idx: list[int]) -> dict[str, object]:
-        """The batch ``ObjectDetector.training_step`` expects: images, and per image boxes (xyxy, input pixels) and labels."""
-        return {
-            "image": self.x[torch.tensor(idx)].float(),
-            "boxes": [self.boxes[i] for i in idx],
-            "labels": [self.labels[i] for i in idx],
-        }
-
-
-def make_datamodule(data: _Cached, image_size: int, batch_size: int, steps: int, seed: int):
-    """A LightningDataModule over the cached inputs.
-
-    Its hparams go into the checkpoint (``datamodule_hyper_parameters``), as an AutoTimm
-    DataModule's do, so the checkpoint records its training ``image_size`` and an exporter needs
-    no ``--image-size``.
-    """
-    import pytorch_lightning as pl
-
-    class ShapesDataModule(pl.LightningDataModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batch_size = batch_size
-            self.save_hyperparameters(
-                {"image_size": image_size, "batch_size": batch_size, "train_frames": len(data), "seed": seed}
-            )
-
-        def train_dataloader(self) -> torch.utils.data.DataLoader:
-            sampler = torch.utils.data.RandomSampler(
-                data, replacement=True, num_samples=steps * batch_size, generator=torch.Generator().manual_seed(seed)
-            )
-            return torch.utils.data.DataLoader(
-                data, batch_size=batch_size, sampler=sampler, collate_fn=data.collate, num_workers=0
-            )
-
-    return ShapesDataModule()
-
-
 def train(model, x, boxes, labels, image_size: int, steps: int, batch_size: int, seed: int):
     """Fit ``model`` with a Lightning Trainer; returns the trainer (to save the checkpoint)."""
-    import pytorch_lightning as pl
 
-    datamodule = make_datamodule(_Cached(x, boxes, labels), image_size, batch_size, steps, seed)
+    def collate(idx: list[int]) -> dict[str, object]:
+        """The batch ``ObjectDetector.training_step`` expects: images, and per image boxes (xyxy, input pixels) and labels."""
+        return {
+            "image": x[torch.tensor(idx)].float(),
+            "boxes": [boxes[i] for i in idx],
+            "labels": [labels[i] for i in idx],
+        }
 
-    class Progress(pl.Callback):
-        def __init__(self) -> None:
-            self.start = time.perf_counter()
-            self.sums: dict[str, float] = {}
-            self.n = 0
+    return fit(model, make_datamodule(len(x), collate, image_size, batch_size, steps, seed), steps, LOSS_KEYS)
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            for k in ("train/loss", "train/cls_loss", "train/reg_loss", "train/centerness_loss"):
-                if k in trainer.callback_metrics:
-                    self.sums[k] = self.sums.get(k, 0.0) + float(trainer.callback_metrics[k])
-            self.n += 1
-            step = trainer.global_step
-            if step % 25 == 0 or step == steps:
-                avg = "  ".join(f"{k.split('/')[1]} {v / self.n:.3f}" for k, v in self.sums.items())
-                lr = trainer.optimizers[0].param_groups[0]["lr"]
-                print(
-                    f"step {step:4d}/{steps}  {avg}  lr {lr:.2e}  {time.perf_counter() - self.start:6.1f}s", flush=True
-                )
-                self.sums, self.n = {}, 0
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        gradient_clip_val=10.0,
-        callbacks=[Progress()],
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*(num_workers|does not have many workers|val_dataloader|LeafSpec).*"
-        )
-        trainer.fit(model, datamodule=datamodule)
-    return trainer
+def load_checkpoint(path: Path):
+    """The detector of a checkpoint this script wrote, and its training image size (``--evaluate-only``)."""
+
+    def build(hp: dict):
+        if hp.get("backbone") != BACKBONE or hp.get("fpn_channels") != FPN_CHANNELS:
+            raise SystemExit(
+                f"{path} is not this script's detector ({hp.get('backbone')}, fpn {hp.get('fpn_channels')})"
+            )
+        return build_model(int(hp.get("seed") or 0), int(hp["scheduler_kwargs"]["total_steps"]))
+
+    return load_lightning_checkpoint(path, build)
 
 
 def checkpoint_predictor(model, spec: PreprocessSpec, batch: int = 32) -> Callable[[Sequence[np.ndarray]], list]:
@@ -500,78 +389,31 @@ def evaluate(
     }
 
 
-def heldout_set() -> tuple[list[np.ndarray], list[Truth]]:
-    """Frames of scenes never trained on (seeds ``HELDOUT_SEEDS``), some at sizes never trained on."""
-    frames, truths = [], []
-    for k, seed in enumerate(HELDOUT_SEEDS):
-        w, h = HELDOUT_SIZES[k % len(HELDOUT_SIZES)]
-        scene = ShapeScene(w, h, seed=seed, n_shapes=HELDOUT_SHAPES)
-        for _ in range(HELDOUT_FRAMES_PER_SCENE):
-            frames.append(scene.render())
-            truths.append(scene_truth(scene))
-            for _ in range(HELDOUT_FRAME_STRIDE):
-                scene.step()
-    return frames, truths
-
-
-def demo_clip_set() -> tuple[list[np.ndarray], list[Truth]]:
-    """The demo clip's frames after the H.264 round-trip, ground truth from a twin of its scene."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_clip(os.path.join(tmp, "demo.mp4"), **DEMO_CLIP, seed=DEMO_SEED, dominant=False)
-        with av.open(path) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    # write_clip renders with the default scene arguments, so a twin scene replays its ground truth.
-    twin = ShapeScene(DEMO_CLIP["width"], DEMO_CLIP["height"], seed=DEMO_SEED, dominant=False)
-    truths = []
-    for _ in frames:
-        truths.append(scene_truth(twin))
-        twin.step()
-    return frames, truths
-
-
 def bundle_predictor(path: Path) -> Callable[[Sequence[np.ndarray]], list[Detections]]:
     """``predict_fn`` through the engine: ``ModelRunner`` (its preprocessing and network) + ``Postprocessor``."""
-    from autotimm_stream.postprocess import Postprocessor
-    from autotimm_stream.runtime.runner import ModelRunner
 
-    runner = ModelRunner(path, threads=TORCH_THREADS)
-    post = Postprocessor(runner.meta, threshold=0.05)  # low: evaluate() applies the thresholds
+    def detections(res: dict) -> Detections:
+        dets = res["detections"]
+        return (
+            np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4),
+            np.array([d.score for d in dets], dtype=np.float32),
+            np.array([d.class_id for d in dets], dtype=np.int64),
+        )
 
-    def predict_fn(frames: Sequence[np.ndarray]) -> list[Detections]:
-        out: list[Detections] = []
-        for i in range(0, len(frames), 32):
-            chunk = list(frames[i : i + 32])
-            results = post(runner.forward(runner.preprocess(chunk)), [f.shape[:2] for f in chunk])
-            for res in results:
-                dets = res["detections"]
-                out.append(
-                    (
-                        np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4),
-                        np.array([d.score for d in dets], dtype=np.float32),
-                        np.array([d.class_id for d in dets], dtype=np.int64),
-                    )
-                )
-        return out
-
-    return predict_fn
+    return engine_predictor(path, detections, batch=32, threshold=0.05)  # low: evaluate() applies the thresholds
 
 
 def export_and_evaluate(
     ckpt: Path, spec: PreprocessSpec, sets: dict[str, tuple[list, list]], score_thresh: float
 ) -> dict[str, object]:
     """Export the checkpoint with the engine's ``export_checkpoint`` and evaluate the bundle through the engine."""
-    try:
-        from autotimm_stream.runtime.checkpoint import export_checkpoint
-        from autotimm_stream.runtime.formats import read_meta
+    try:  # an engine without checkpoint export: the checkpoint alone
+        from autotimm_stream.runtime.checkpoint import export_checkpoint  # noqa: F401
+        from autotimm_stream.runtime.formats import read_meta  # noqa: F401
     except ImportError as exc:
         return {"bundle": f"skipped: {exc}"}
-    bundle = ckpt.with_suffix(".pt")
     try:
-        export_checkpoint(ckpt, bundle, classes=CLASS_NAMES)  # image size: from the checkpoint's DataModule hparams
-        # The bundle must ask the engine for exactly the preprocessing the network was trained on.
-        bundle_spec = read_meta(bundle).preprocess_spec()
-        if bundle_spec != spec:
-            raise RuntimeError(f"bundle preprocessing {bundle_spec} differs from training {spec}")
+        bundle = export_bundle(ckpt, spec, CLASS_NAMES)
         predict_fn = bundle_predictor(bundle)
         res: dict[str, object] = {"bundle": str(bundle), "bundle_bytes": bundle.stat().st_size}
         for name, (frames, truths) in sets.items():
@@ -586,17 +428,15 @@ def export_and_evaluate(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--out-ckpt", type=Path, default=DEFAULT_OUT, help="checkpoint to write (a .json report goes next to it)"
-    )
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
-    p.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES, help=f"cached training frames (default {DEFAULT_FRAMES})"
-    )
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"frames per step (default {BATCH_SIZE})")
-    p.add_argument(
-        "--image-size", type=int, default=IMAGE_SIZE, help=f"square network input side (default {IMAGE_SIZE})"
+    p = new_parser(
+        __doc__,
+        "--out-ckpt",
+        DEFAULT_OUT,
+        "checkpoint to write (a .json report goes next to it)",
+        steps=DEFAULT_STEPS,
+        frames=DEFAULT_FRAMES,
+        batch_size=BATCH_SIZE,
+        image_size=IMAGE_SIZE,
     )
     p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the choice of training scenes")
     p.add_argument(
@@ -613,86 +453,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no training: evaluate the checkpoint at --out-ckpt (and export its bundle) again",
     )
-    args = p.parse_args(argv)
-    if args.steps < 6 or args.batch_size < 1 or args.frames < 1 or args.seed < 0 or args.image_size < 32:
-        p.error("--steps must be >= 6, --frames and --batch-size positive, --seed non-negative, --image-size >= 32")
-    if args.image_size % 32:
-        p.error("--image-size must be a multiple of 32 (the backbone's deepest stride)")
-    return args
-
-
-def train_and_save(args: argparse.Namespace, spec: PreprocessSpec):
-    """Generate the data, train, save the checkpoint; returns the model and the training facts for the report."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    x, boxes, labels = build_dataset(spec, args.frames, args.seed)
-    data_wall = time.perf_counter() - t0
-
-    model = build_model(args.seed, args.steps)
-    torch.set_num_threads(TORCH_THREADS)  # seed_everything may touch torch settings; keep the count fixed
-    print(f"{BACKBONE} FCOS: {count_params(model) / 1e6:.2f}M parameters, input {spec.size}", flush=True)
-    t1 = time.perf_counter()
-    trainer = train(model, x, boxes, labels, args.image_size, args.steps, args.batch_size, args.seed)
-    fit_wall = time.perf_counter() - t1
-    train_cpu = time.process_time() - c0  # all threads: a fairer cost than wall time on a shared machine
-    del x, boxes, labels
-
-    args.out_ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(args.out_ckpt, weights_only=True)
-    return model, {
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "train_frames": args.frames,
-        "lr": LR,
-        "data_wall_time_s": round(data_wall, 1),
-        "fit_wall_time_s": round(fit_wall, 1),
-        "train_wall_time_s": round(data_wall + fit_wall, 1),  # data generation + optimisation
-        "train_cpu_time_s": round(train_cpu, 1),
-    }
-
-
-def load_checkpoint(path: Path):
-    """The detector of a checkpoint this script wrote, and its training image size (``--evaluate-only``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    if hp.get("backbone") != BACKBONE or hp.get("fpn_channels") != FPN_CHANNELS:
-        raise SystemExit(f"{path} is not this script's detector ({hp.get('backbone')}, fpn {hp.get('fpn_channels')})")
-    model = build_model(int(hp.get("seed") or 0), int(hp["scheduler_kwargs"]["total_steps"]))
-    torch.set_num_threads(TORCH_THREADS)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model, int(ckpt["datamodule_hyper_parameters"]["image_size"])
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return check_lightning_args(p, p.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(TORCH_THREADS)
+    seed_all(args.seed)
     report_path = args.out_ckpt.with_suffix(".json")
 
     if args.evaluate_only:
         model, args.image_size = load_checkpoint(args.out_ckpt)
         spec = detection_spec(args.image_size)
-        old = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-        training = {k: old[k] for k in TRAINING_KEYS if k in old}
+        training = previous_training(report_path)
     else:
         spec = detection_spec(args.image_size)
-        model, training = train_and_save(args, spec)
+        model, training = train_and_save(
+            args, spec, build_dataset, lambda: build_model(args.seed, args.steps), train, f"{BACKBONE} FCOS", LR
+        )
 
     t2 = time.perf_counter()
     predict_fn = checkpoint_predictor(model, spec)
-    sets = {"heldout": heldout_set(), "demo_clip": demo_clip_set()}
+    sets = {
+        "heldout": heldout_set(MULTI_SHAPE_SCENES, scene_truth),
+        "demo_clip": demo_clip_set(DEMO_SEED, scene_truth, dominant=False),
+    }
     results = {name: evaluate(predict_fn, f, g, score_thresh=args.score_thresh) for name, (f, g) in sets.items()}
     eval_wall = time.perf_counter() - t2
     bundle = {} if args.no_bundle else export_and_evaluate(args.out_ckpt, spec, sets, args.score_thresh)
-
-    import autotimm
-    import pytorch_lightning as pl
-    import timm
 
     report = {
         "checkpoint": str(args.out_ckpt),
@@ -705,13 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parameters": count_params(model),
         "class_names": CLASS_NAMES,
         "image_size": args.image_size,
-        "preprocess": {
-            "resize": spec.resize,
-            "interpolation": spec.interpolation,
-            "antialias": spec.antialias,
-            "mean": spec.mean,
-            "std": spec.std,
-        },
+        "preprocess": preprocess_facts(spec),
         **training,
         "eval_wall_time_s": round(eval_wall, 1),
         "torch_threads": TORCH_THREADS,
@@ -720,15 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heldout": results["heldout"],
         "demo_clip": results["demo_clip"],
         **bundle,
-        "versions": {
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "autotimm": getattr(autotimm, "__version__", "?"),
-            "pytorch_lightning": pl.__version__,
-        },
+        "versions": lightning_versions(),
     }
-    report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=1))
+    write_report(report_path, report)
     h, d = results["heldout"], results["demo_clip"]
     print(
         f"held-out: precision {h['precision']} recall {h['recall']} ({h['frames']} frames, {h['objects']} objects); "

@@ -68,69 +68,68 @@ digit) for as long as it ran (150 steps).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
 
-# Run from a checkout without installing the package: put the repository root on the path.
+# Run from a checkout without installing the package: put the repository root, and this folder (for
+# demo_training, what the demo training scripts share), on the path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from demo_training import (  # noqa: E402
+    HELDOUT_SEEDS,
+    MULTI_SHAPE_SCENES,
+    TORCH_THREADS,
+    TRAIN_SEED_STRIDE,
+    ScenePool,
+    augment_frame,
+    cached_inputs,
+    check_lightning_args,
+    count_params,
+    demo_clip_set,
+    engine_predictor,
+    export_bundle,
+    fit,
+    heldout_set,
+    lightning_versions,
+    load_lightning_checkpoint,
+    make_datamodule,
+    new_parser,
+    preprocess_facts,
+    previous_training,
+    seed_all,
+    train_and_save,
+    write_report,
+)
 
 from autotimm_stream.preprocess import PreprocessSpec, preprocess_batch  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene, write_clip  # noqa: E402
+from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 
 BACKBONE = "test_resnet"
 HEAD = "deeplabv3plus"
 CLASS_NAMES = ["background", *SHAPES]  # class id = 1 + SHAPES.index(kind), as ShapeScene.render_mask()
 DEFAULT_OUT = REPO_ROOT / "autotimm_stream" / "assets" / "demo_segmentor.ckpt"
 
-# The demo clip (keep in step with autotimm_stream.demo): never trained on, only measured.
+# The demo clip's scene (keep in step with autotimm_stream.demo): never trained on, only measured.
+# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): demo_training.MULTI_SHAPE_SCENES.
 DEMO_SEED = 13
-DEMO_CLIP = {"frames": 250, "width": 640, "height": 360, "fps": 25}
-HELDOUT_SEEDS = range(100, 130)  # 30 scenes x 8 frames = 240 held-out frames
-HELDOUT_FRAMES_PER_SCENE = 8
-HELDOUT_FRAME_STRIDE = 10
 TRAIN_SEED_BASE = 40_000
-TRAIN_SEED_STRIDE = 1_000_000  # per --seed, so different runs draw different training scenes
 
-# (width, height). Training covers landscape, square and portrait; the held-out list adds sizes
-# never seen in training.
-TRAIN_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (320, 240), (480, 480), (1280, 720), (360, 640), (800, 600), (640, 480), (960, 540),
-)  # fmt: skip
-HELDOUT_SIZES: tuple[tuple[int, int], ...] = (
-    (640, 360), (320, 240), (480, 480), (1280, 720), (1024, 768), (300, 300), (720, 1280), (854, 480),
-)  # fmt: skip
-TRAIN_SHAPES = (1, 5)  # shapes per training scene, inclusive range
-HELDOUT_SHAPES = 3
-
-POOL_SIZE = 48  # scenes alive at once while generating: consecutive frames mix many scenes
-USES_PER_SCENE = 12  # samples drawn from a scene before it is replaced by a fresh seed
-MAX_SKIP = 15  # frames advanced between two samples of a scene
 IMAGE_SIZE = 128
 DEFAULT_STEPS = 1000
 DEFAULT_FRAMES = 4000
 BATCH_SIZE = 4
-GEN_CHUNK = 64
 LR = 4e-3  # peak of the one-cycle schedule
 WEIGHT_DECAY = 1e-4
-TORCH_THREADS = 2
-# Report fields that describe the training run (kept by --evaluate-only).
-TRAINING_KEYS = (
-    "seed", "steps", "batch_size", "train_frames", "lr",
-    "data_wall_time_s", "fit_wall_time_s", "train_wall_time_s", "train_cpu_time_s",
-)  # fmt: skip
 
 
 def segmentation_spec(image_size: int) -> PreprocessSpec:
@@ -143,16 +142,13 @@ def segmentation_spec(image_size: int) -> PreprocessSpec:
 # --------------------------------------------------------------------------- data
 
 
-def augment(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Photometric noise the demo's footage may carry, and mirroring (the class map follows)."""
-    img = cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.6, 1.4)), beta=float(rng.uniform(-40, 40)))
-    if rng.random() < 0.5:  # a mirrored triangle still points up: every class survives
-        img, mask = cv2.flip(img, 1), cv2.flip(mask, 1)
-    if rng.random() < 0.5:  # compression artefacts stand in for the H.264 of the demo clip
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
-        if ok:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    return np.ascontiguousarray(img), np.ascontiguousarray(mask)
+def train_sample(scene: ShapeScene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An augmented frame of ``scene`` (``augment_frame``) and its class map (mirrored with it)."""
+    img, mask = scene.render(), scene.render_mask()
+    img, mirrored = augment_frame(img, rng)
+    if mirrored:
+        mask = cv2.flip(mask, 1)
+    return img, np.ascontiguousarray(mask)
 
 
 def to_input_mask(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -161,53 +157,18 @@ def to_input_mask(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-class TrainFrames:
-    """An endless, seeded stream of (augmented frame, class map) from a rotating pool of scenes."""
-
-    def __init__(self, rng: np.random.Generator, first_seed: int) -> None:
-        self.rng = rng
-        self.first_seed = self.next_seed = first_seed
-        self.pool = [self._new_scene() for _ in range(POOL_SIZE)]
-        self.uses = [0] * POOL_SIZE
-
-    def _new_scene(self) -> ShapeScene:
-        seed = self.next_seed
-        self.next_seed += 1
-        if seed == DEMO_SEED or seed in HELDOUT_SEEDS:
-            raise AssertionError(f"training seed {seed} collides with a held-out or demo seed")
-        w, h = TRAIN_SIZES[int(self.rng.integers(len(TRAIN_SIZES)))]
-        n = int(self.rng.integers(TRAIN_SHAPES[0], TRAIN_SHAPES[1] + 1))
-        return ShapeScene(w, h, seed=seed, n_shapes=n)
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        i = int(self.rng.integers(POOL_SIZE))
-        scene = self.pool[i]
-        for _ in range(int(self.rng.integers(1, MAX_SKIP + 1))):
-            scene.step()
-        img, mask = augment(scene.render(), scene.render_mask(), self.rng)
-        self.uses[i] += 1
-        if self.uses[i] >= USES_PER_SCENE:
-            self.pool[i], self.uses[i] = self._new_scene(), 0
-        return img, mask
-
-    @property
-    def scenes_used(self) -> int:
-        return self.next_seed - self.first_seed
-
-
 def build_dataset(spec: PreprocessSpec, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` cached network inputs (float16), made by the engine's ``preprocess_batch``, and their class maps."""
-    stream = TrainFrames(np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed)
-    h, w = spec.size
-    x = torch.empty((n, 3, h, w), dtype=torch.float16)
-    y = torch.empty((n, h, w), dtype=torch.uint8)
-    start = time.perf_counter()
-    for done in range(0, n, GEN_CHUNK):
-        samples = [stream.sample() for _ in range(min(GEN_CHUNK, n - done))]
-        x[done : done + len(samples)] = preprocess_batch([s[0] for s in samples], spec).half()
-        y[done : done + len(samples)] = torch.from_numpy(np.stack([to_input_mask(s[1], spec) for s in samples]))
-        if (done // GEN_CHUNK) % 10 == 9 or done + GEN_CHUNK >= n:
-            print(f"frames {done + len(samples):5d}/{n}  {time.perf_counter() - start:6.1f}s", flush=True)
+    stream = ScenePool(
+        np.random.default_rng(seed), TRAIN_SEED_BASE + TRAIN_SEED_STRIDE * seed, MULTI_SHAPE_SCENES, DEMO_SEED
+    )
+
+    def sample() -> tuple[np.ndarray, np.ndarray]:
+        img, mask = stream.sample(train_sample)
+        return img, to_input_mask(mask, spec)
+
+    x, masks = cached_inputs(sample, spec, n)
+    y = torch.from_numpy(np.stack(masks))
     share = torch.bincount(y.flatten().long(), minlength=len(CLASS_NAMES)).double()
     share = (share / share.sum()).tolist()
     print(
@@ -242,95 +203,26 @@ def build_model(seed: int, steps: int, lr: float = LR):
         )
 
 
-class _Cached(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        """The batch ``SemanticSegmentor.training_step`` expects: images [B, 3, H, W], masks [B, H, W] (long)."""
-        i = torch.tensor(idx)
-        return {"image": self.x[i].float(), "mask": self.y[i].long()}
-
-
-def make_datamodule(data: _Cached, image_size: int, batch_size: int, steps: int, seed: int):
-    """A LightningDataModule over the cached inputs.
-
-    Its hparams go into the checkpoint (``datamodule_hyper_parameters``), as an AutoTimm
-    DataModule's do, so the checkpoint records its training ``image_size`` and an exporter needs
-    no ``--image-size``.
-    """
-    import pytorch_lightning as pl
-
-    class ShapesSegDataModule(pl.LightningDataModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batch_size = batch_size
-            self.save_hyperparameters(
-                {"image_size": image_size, "batch_size": batch_size, "train_frames": len(data), "seed": seed}
-            )
-
-        def train_dataloader(self) -> torch.utils.data.DataLoader:
-            sampler = torch.utils.data.RandomSampler(
-                data, replacement=True, num_samples=steps * batch_size, generator=torch.Generator().manual_seed(seed)
-            )
-            return torch.utils.data.DataLoader(
-                data, batch_size=batch_size, sampler=sampler, collate_fn=data.collate, num_workers=0
-            )
-
-    return ShapesSegDataModule()
-
-
 def train(model, x, y, image_size: int, steps: int, batch_size: int, seed: int):
     """Fit ``model`` with a Lightning Trainer; returns the trainer (to save the checkpoint)."""
-    import pytorch_lightning as pl
 
-    datamodule = make_datamodule(_Cached(x, y), image_size, batch_size, steps, seed)
+    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
+        """The batch ``SemanticSegmentor.training_step`` expects: images [B, 3, H, W], masks [B, H, W] (long)."""
+        i = torch.tensor(idx)
+        return {"image": x[i].float(), "mask": y[i].long()}
 
-    class Progress(pl.Callback):
-        def __init__(self) -> None:
-            self.start = time.perf_counter()
-            self.loss = 0.0
-            self.n = 0
+    return fit(model, make_datamodule(len(x), collate, image_size, batch_size, steps, seed), steps, ["train/loss"])
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if "train/loss" in trainer.callback_metrics:
-                self.loss += float(trainer.callback_metrics["train/loss"])
-            self.n += 1
-            step = trainer.global_step
-            if step % 25 == 0 or step == steps:
-                lr = trainer.optimizers[0].param_groups[0]["lr"]
-                print(
-                    f"step {step:4d}/{steps}  loss {self.loss / self.n:.3f}  lr {lr:.2e}  "
-                    f"{time.perf_counter() - self.start:6.1f}s",
-                    flush=True,
-                )
-                self.loss, self.n = 0.0, 0
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        gradient_clip_val=10.0,
-        callbacks=[Progress()],
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*(num_workers|does not have many workers|val_dataloader|LeafSpec).*"
-        )
-        trainer.fit(model, datamodule=datamodule)
-    return trainer
+def load_checkpoint(path: Path):
+    """The segmentor of a checkpoint this script wrote, and its training image size (``--evaluate-only``)."""
+
+    def build(hp: dict):
+        if hp.get("backbone") != BACKBONE or hp.get("head_type") != HEAD:
+            raise SystemExit(f"{path} is not this script's segmentor ({hp.get('backbone')}, {hp.get('head_type')})")
+        return build_model(int(hp.get("seed") or 0), int(hp["scheduler_kwargs"]["total_steps"]), float(hp["lr"]))
+
+    return load_lightning_checkpoint(path, build)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -360,21 +252,7 @@ def checkpoint_predictor(model, spec: PreprocessSpec, batch: int = 16) -> Predic
 
 def bundle_predictor(path: Path) -> PredictFn:
     """``predict_fn`` through the engine: ``ModelRunner`` (its preprocessing and network) + ``Postprocessor``."""
-    from autotimm_stream.postprocess import Postprocessor
-    from autotimm_stream.runtime.runner import ModelRunner
-
-    runner = ModelRunner(path, threads=TORCH_THREADS)
-    post = Postprocessor(runner.meta)
-
-    def predict_fn(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for i in range(0, len(frames), 16):
-            chunk = list(frames[i : i + 16])
-            results = post(runner.forward(runner.preprocess(chunk)), [f.shape[:2] for f in chunk])
-            out.extend(r["mask"] for r in results)
-        return out
-
-    return predict_fn
+    return engine_predictor(path, lambda res: res["mask"], batch=16)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, n: int = len(CLASS_NAMES)) -> np.ndarray:
@@ -429,67 +307,19 @@ def evaluate(predict_fn: PredictFn, frames: Sequence[np.ndarray], truths: Sequen
     }
 
 
-def heldout_set() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Frames of scenes never trained on (seeds ``HELDOUT_SEEDS``), some at sizes never trained on."""
-    frames, truths = [], []
-    for k, seed in enumerate(HELDOUT_SEEDS):
-        w, h = HELDOUT_SIZES[k % len(HELDOUT_SIZES)]
-        scene = ShapeScene(w, h, seed=seed, n_shapes=HELDOUT_SHAPES)
-        for _ in range(HELDOUT_FRAMES_PER_SCENE):
-            frames.append(scene.render())
-            truths.append(scene.render_mask())
-            for _ in range(HELDOUT_FRAME_STRIDE):
-                scene.step()
-    return frames, truths
-
-
-def demo_clip_set() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The demo clip's frames after the H.264 round-trip, ground truth from a twin of its scene."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_clip(os.path.join(tmp, "demo.mp4"), **DEMO_CLIP, seed=DEMO_SEED, dominant=False)
-        with av.open(path) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    # write_clip renders with the default scene arguments, so a twin scene replays its ground truth.
-    twin = ShapeScene(DEMO_CLIP["width"], DEMO_CLIP["height"], seed=DEMO_SEED, dominant=False)
-    truths = []
-    for _ in frames:
-        truths.append(twin.render_mask())
-        twin.step()
-    return frames, truths
-
-
-def export_bundle(ckpt: Path, spec: PreprocessSpec) -> Path:
-    """Export the checkpoint with the engine's ``export_checkpoint``; check the bundle's preprocessing."""
-    from autotimm_stream.runtime.checkpoint import export_checkpoint
-    from autotimm_stream.runtime.formats import read_meta
-
-    bundle = ckpt.with_suffix(".pt")
-    export_checkpoint(ckpt, bundle, classes=CLASS_NAMES)  # image size: from the checkpoint's DataModule hparams
-    # The bundle must ask the engine for exactly the preprocessing the network was trained on.
-    bundle_spec = read_meta(bundle).preprocess_spec()
-    if bundle_spec != spec:
-        raise RuntimeError(f"bundle preprocessing {bundle_spec} differs from training {spec}")
-    return bundle
-
-
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
+    p = new_parser(
+        __doc__,
         "--out-ckpt",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="checkpoint to write (the bundle .pt and the .json report go next to it)",
-    )
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
-    p.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES, help=f"cached training frames (default {DEFAULT_FRAMES})"
-    )
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"frames per step (default {BATCH_SIZE})")
-    p.add_argument(
-        "--image-size", type=int, default=IMAGE_SIZE, help=f"square network input side (default {IMAGE_SIZE})"
+        DEFAULT_OUT,
+        "checkpoint to write (the bundle .pt and the .json report go next to it)",
+        steps=DEFAULT_STEPS,
+        frames=DEFAULT_FRAMES,
+        batch_size=BATCH_SIZE,
+        image_size=IMAGE_SIZE,
     )
     p.add_argument("--lr", type=float, default=LR, help=f"peak learning rate of the one-cycle schedule (default {LR})")
     p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the choice of training scenes")
@@ -500,58 +330,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no training: export and evaluate the checkpoint at --out-ckpt again",
     )
-    args = p.parse_args(argv)
-    if args.steps < 6 or args.batch_size < 1 or args.frames < 1 or args.seed < 0 or args.image_size < 32:
-        p.error("--steps must be >= 6, --frames and --batch-size positive, --seed non-negative, --image-size >= 32")
-    if args.image_size % 32:
-        p.error("--image-size must be a multiple of 32 (the backbone's deepest stride)")
-    return args
-
-
-def train_and_save(args: argparse.Namespace, spec: PreprocessSpec):
-    """Generate the data, train, save the checkpoint; returns the model and the training facts for the report."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    x, y = build_dataset(spec, args.frames, args.seed)
-    data_wall = time.perf_counter() - t0
-
-    model = build_model(args.seed, args.steps, args.lr)
-    torch.set_num_threads(TORCH_THREADS)  # seed_everything may touch torch settings; keep the count fixed
-    print(f"{BACKBONE} {HEAD}: {count_params(model) / 1e6:.2f}M parameters, input {spec.size}", flush=True)
-    t1 = time.perf_counter()
-    trainer = train(model, x, y, args.image_size, args.steps, args.batch_size, args.seed)
-    fit_wall = time.perf_counter() - t1
-    train_cpu = time.process_time() - c0  # all threads: a fairer cost than wall time on a shared machine
-    del x, y
-
-    args.out_ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(args.out_ckpt, weights_only=True)
-    return model, {
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "train_frames": args.frames,
-        "lr": args.lr,
-        "data_wall_time_s": round(data_wall, 1),
-        "fit_wall_time_s": round(fit_wall, 1),
-        "train_wall_time_s": round(data_wall + fit_wall, 1),  # data generation + optimisation
-        "train_cpu_time_s": round(train_cpu, 1),
-    }
-
-
-def load_checkpoint(path: Path):
-    """The segmentor of a checkpoint this script wrote, and its training image size (``--evaluate-only``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    if hp.get("backbone") != BACKBONE or hp.get("head_type") != HEAD:
-        raise SystemExit(f"{path} is not this script's segmentor ({hp.get('backbone')}, {hp.get('head_type')})")
-    model = build_model(int(hp.get("seed") or 0), int(hp["scheduler_kwargs"]["total_steps"]), float(hp["lr"]))
-    torch.set_num_threads(TORCH_THREADS)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model, int(ckpt["datamodule_hyper_parameters"]["image_size"])
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return check_lightning_args(p, p.parse_args(argv))
 
 
 def _display(path: Path) -> str:
@@ -563,33 +342,34 @@ def _display(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(TORCH_THREADS)
+    seed_all(args.seed)
     report_path = args.out_ckpt.with_suffix(".json")
 
     if args.evaluate_only:
         model, args.image_size = load_checkpoint(args.out_ckpt)
         spec = segmentation_spec(args.image_size)
-        old = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-        training = {k: old[k] for k in TRAINING_KEYS if k in old}
+        training = previous_training(report_path)
     else:
         spec = segmentation_spec(args.image_size)
-        model, training = train_and_save(args, spec)
+        model, training = train_and_save(
+            args,
+            spec,
+            build_dataset,
+            lambda: build_model(args.seed, args.steps, args.lr),
+            train,
+            f"{BACKBONE} {HEAD}",
+            args.lr,
+        )
 
     t2 = time.perf_counter()
-    heldout = heldout_set()
+    heldout = heldout_set(MULTI_SHAPE_SCENES, ShapeScene.render_mask)
     ckpt_heldout = evaluate(checkpoint_predictor(model, spec), *heldout)
-    bundle = export_bundle(args.out_ckpt, spec)
+    bundle = export_bundle(args.out_ckpt, spec, CLASS_NAMES)
     engine = bundle_predictor(bundle)
     results = {"heldout": evaluate(engine, *heldout)}
     if not args.no_demo_clip:
-        results["demo_clip"] = evaluate(engine, *demo_clip_set())
+        results["demo_clip"] = evaluate(engine, *demo_clip_set(DEMO_SEED, ShapeScene.render_mask, dominant=False))
     eval_wall = time.perf_counter() - t2
-
-    import autotimm
-    import pytorch_lightning as pl
-    import timm
 
     report = {
         "checkpoint": _display(args.out_ckpt),
@@ -603,13 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parameters": count_params(model),
         "class_names": CLASS_NAMES,
         "image_size": args.image_size,
-        "preprocess": {
-            "resize": spec.resize,
-            "interpolation": spec.interpolation,
-            "antialias": spec.antialias,
-            "mean": spec.mean,
-            "std": spec.std,
-        },
+        "preprocess": preprocess_facts(spec),
         **training,
         "eval_wall_time_s": round(eval_wall, 1),
         "torch_threads": TORCH_THREADS,
@@ -620,15 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Through the engine: the bundle in ModelRunner, its logits through Postprocessor.
         **results,
         "checkpoint_heldout": {k: ckpt_heldout[k] for k in ("miou", "iou", "pixel_accuracy")},
-        "versions": {
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "autotimm": getattr(autotimm, "__version__", "?"),
-            "pytorch_lightning": pl.__version__,
-        },
+        "versions": lightning_versions(),
     }
-    report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=1))
+    write_report(report_path, report)
     for name, r in results.items():
         ious = ", ".join(f"{k} {v}" for k, v in r["iou"].items())  # type: ignore[union-attr]
         print(f"through the engine, {name} ({r['frames']} frames): mIoU {r['miou']} ({ious})")
