@@ -3,8 +3,9 @@
 A batch leaves when ``max_batch`` frames are in it or ``max_wait_ms`` after its first frame
 entered its ring buffer (Triton's ``max_queue_delay``: a frame that already waited while the
 model was busy does not wait again). Sources are visited round-robin, starting one further each
-batch, and no source gives more than ``max_frames_per_source`` frames to one batch, so a busy
-stream cannot starve a quiet one and a silent stream never holds a batch back.
+batch, and no source gives more than ``max_frames_per_source`` frames to one batch while another
+source has a frame waiting, so a busy stream cannot starve a quiet one, a silent stream never
+holds a batch back, and a lone busy stream still fills the batch.
 """
 
 from __future__ import annotations
@@ -70,22 +71,27 @@ class Batcher:
         return all(b.exhausted for b in self.buffers)
 
     def _take(self, batch: list[Frame], taken: dict[int, int], buffers: list[RingBuffer]) -> None:
+        # Every source gets its share first; if the batch is still short and no source under its
+        # share has a frame, sources over it fill the rest. The share protects sources with frames
+        # waiting, it must not leave the model half-used (one 25-fps camera with a share of 2 would
+        # cap the engine at 2 frames per forward pass and drop frames it had time for).
         n = len(buffers)
-        progress = True
-        while progress and len(batch) < self.policy.max_batch:
-            progress = False
-            for k in range(n):
-                i = (self._start + k) % n
-                if taken.get(i, 0) >= self._cap:
-                    continue
-                # one frame per source per pass keeps sources interleaved
-                got = buffers[i].pop(1)
-                if got:
-                    batch.extend(got)
-                    taken[i] = taken.get(i, 0) + 1
-                    progress = True
-                if len(batch) >= self.policy.max_batch:
-                    break
+        for capped in (True, False):
+            progress = True
+            while progress and len(batch) < self.policy.max_batch:
+                progress = False
+                for k in range(n):
+                    i = (self._start + k) % n
+                    if capped and taken.get(i, 0) >= self._cap:
+                        continue
+                    # one frame per source per pass keeps sources interleaved
+                    got = buffers[i].pop(1)
+                    if got:
+                        batch.extend(got)
+                        taken[i] = taken.get(i, 0) + 1
+                        progress = True
+                    if len(batch) >= self.policy.max_batch:
+                        return
 
     def next_batch(self, halt: threading.Event) -> list[Frame] | None:
         """The next batch; ``[]`` when nothing came within 0.1 s, ``None`` when all sources are done.
@@ -107,7 +113,7 @@ class Batcher:
             return []
         deadline_ns = batch[0].enqueued_ns + int(self.policy.max_wait_ms * 1e6)
         while len(batch) < self.policy.max_batch and not halt.is_set():
-            open_ = [b for i, b in enumerate(buffers) if taken.get(i, 0) < self._cap and not b.exhausted]
+            open_ = [b for b in buffers if not b.exhausted]
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0 or not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
                 break  # deadline passed, or waiting cannot add a frame

@@ -195,7 +195,7 @@ class Collector:
 
     def __init__(self, endpoint: str) -> None:
         self.samples: list[tuple[int, int, float, str, int, dict[str, float]]] = []
-        self.other: dict[str, int] = {}  # status/eos messages seen, by topic prefix
+        self.other: dict[str, int] = {}  # status/heartbeat/eos messages seen, by topic prefix
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._sock = zmq.Context.instance().socket(zmq.SUB)
@@ -218,7 +218,7 @@ class Collector:
                         break
                     topic = parts[0].decode()
                     kind = topic.split("/", 1)[0]
-                    if kind in ("status", "eos"):
+                    if kind in ("status", "eos", "heartbeat"):
                         self.other[kind] = self.other.get(kind, 0) + 1
                         continue
                     h = json.loads(parts[1])

@@ -54,11 +54,28 @@ def test_round_robin_and_per_source_cap():
     fill(bufs[0], "a", 10)
     fill(bufs[1], "b", 10)
     fill(bufs[2], "c", 1)
+    fill(bufs[2], "c", 3, start=1)
     b = Batcher(bufs, bell, BatchPolicy(max_batch=6, max_wait_ms=0, max_frames_per_source=2))
     batch = b.next_batch(threading.Event())
     ids = [f.source_id for f in batch]
-    assert ids.count("a") == 2 and ids.count("b") == 2 and ids.count("c") == 1
+    assert ids.count("a") == 2 and ids.count("b") == 2 and ids.count("c") == 2
     assert [f.index for f in batch if f.source_id == "a"] == [0, 1]  # order kept within a source
+
+
+def test_the_share_does_not_leave_the_batch_short_when_others_have_nothing():
+    bufs, bell = make(3)
+    fill(bufs[0], "a", 10)
+    fill(bufs[1], "b", 10)
+    fill(bufs[2], "c", 1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=7, max_wait_ms=0, max_frames_per_source=2))
+    ids = [f.source_id for f in b.next_batch(threading.Event())]
+    # c's one frame is in; its unused share goes to the busy sources instead of being left empty
+    assert len(ids) == 7 and ids.count("c") == 1 and ids.count("a") + ids.count("b") == 6
+    assert abs(ids.count("a") - ids.count("b")) <= 1  # still interleaved
+    one, bell = make(1)
+    fill(one[0], "solo", 10)
+    alone = Batcher(one, bell, BatchPolicy(max_batch=8, max_wait_ms=0, max_frames_per_source=2))
+    assert len(alone.next_batch(threading.Event())) == 8
 
 
 def test_end_of_all_sources_returns_none():

@@ -1,0 +1,619 @@
+"""The same TorchScript bundle through Roboflow's ``InferencePipeline``, for comparison with the engine.
+
+Roboflow's open-source ``inference`` package is installed into a venv of its own (created on the
+first run, reused afterwards; a stamp file records what was installed), together with the torch
+version this repository runs, so the very same bundle file loads there. A worker
+(``benchmarks/roboflow_worker.py``, run with that venv's python) drives the bundle through
+``InferencePipeline.init_with_custom_logic``: Roboflow's cv2 video source decodes the file without
+pacing (``max_fps=None``) and without dropping (``BufferFillingStrategy.WAIT`` +
+``BufferConsumptionStrategy.LAZY``), and the custom ``on_video_frame`` does what the engine does
+per frame: the engine's preprocessing, forward on the frozen TorchScript module, softmax top-K,
+and a JSON line per frame.
+
+Roboflow batches only across sources: one file gives ``on_video_frame`` one frame at a time.
+``--batch B`` opens the clip B times (B sources, B x the frames), so every call gets B frames.
+
+If the package cannot be installed or imported, the result is
+``{"skipped": "<reason>; see <log>"}`` and the exit code is 0.
+
+Usage::
+
+    .venv/bin/python benchmarks/roboflow.py                       # generated 720p clip, resnet18 bundle
+    .venv/bin/python benchmarks/roboflow.py --clip my.mp4 --bundle model.pt --json out.json
+    .venv/bin/python benchmarks/roboflow.py --with-engine         # and the engine on the same inputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_logger = logging.getLogger("benchmarks.roboflow")
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "roboflow_worker.py"
+STAMP = "autotimm-stream-bench.json"
+STAMP_VERSION = 1
+# The Roboflow packages tried in order; the first that installs and imports is used. 1.8.3 is the
+# release this benchmark was written against (InferencePipeline lives in `streamvision` there,
+# re-exported as `inference.InferencePipeline`).
+DEFAULT_PACKAGES = ("inference==1.8.3", "inference-cpu==1.8.3")
+IMPORT_CHECK = (
+    "import importlib.metadata as md, os, warnings\n"
+    "os.environ.setdefault('DISABLE_VERSION_CHECK', 'True')\n"
+    "warnings.simplefilter('ignore')\n"
+    "from inference import InferencePipeline\n"
+    "assert callable(getattr(InferencePipeline, 'init_with_custom_logic', None)), 'no init_with_custom_logic'\n"
+    "import torch, cv2\n"
+    "print('VERSIONS', md.version('inference'), torch.__version__, cv2.__version__)\n"
+)
+
+
+# -- subprocesses -------------------------------------------------------------------------------
+def run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict[str, str] | None = None) -> tuple[int, bool]:
+    """Run ``cmd`` with its output appended to ``log_path``; kill its whole process group after ``timeout``.
+
+    Returns (exit code, timed out).
+    """
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+        try:
+            return proc.wait(timeout=max(1.0, timeout)), False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log.write(f"\n!!! killed after {timeout:.0f} s\n")
+            return -1, True
+        except BaseException:  # Ctrl-C: do not leave pip running
+            _kill_group(proc)
+            raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(t.strip() for t in text[-lines:])
+
+
+# -- the venv -----------------------------------------------------------------------------------
+def torch_requirements() -> list[str]:
+    """torch (and torchvision, when this environment has it) pinned to this environment's versions."""
+    reqs = []
+    for name in ("torch", "torchvision"):
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+        reqs.append(f"{name}=={version.split('+', 1)[0]}")
+    return reqs
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def import_check(py: Path, log_path: Path, timeout: float) -> dict[str, str] | None:
+    """Versions (inference, torch, opencv) if ``from inference import InferencePipeline`` works in ``py``."""
+    try:
+        out = subprocess.run(
+            [str(py), "-c", IMPORT_CHECK],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\nimport check failed: {exc}\n")
+        return None
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {py} -c <import check> -> {out.returncode}\n{out.stdout}{out.stderr[-4000:]}\n")
+    for line in out.stdout.splitlines():
+        if line.startswith("VERSIONS ") and out.returncode == 0:
+            inference, torch_v, cv2_v = line.split()[1:4]
+            return {"inference": inference, "torch": torch_v, "opencv": cv2_v}
+    return None
+
+
+def ensure_venv(venv: Path, packages: list[str], timeout: float, log_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The Roboflow venv, created or reused. Returns (stamp, "") or (None, why it is unusable)."""
+    py = venv_python(venv)
+    stamp_path = venv / STAMP
+    extra = torch_requirements()
+    deadline = time.monotonic() + timeout
+    if stamp_path.is_file() and py.exists():
+        try:
+            stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = {}
+        if (
+            stamp.get("stamp_version") == STAMP_VERSION
+            and stamp.get("torch_requirements") == extra
+            and stamp.get("package") in packages
+        ):
+            _logger.info("venv: reusing %s (%s)", venv, stamp.get("package"))
+            versions = import_check(py, log_path, min(300.0, timeout))
+            if versions:
+                stamp["versions"] = versions
+                stamp["reused"] = True
+                return stamp, ""
+            _logger.warning("venv: %s no longer imports inference; reinstalling (log %s)", venv, log_path)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    if not py.exists():
+        _logger.info("venv: creating %s", venv)
+        rc, timed_out = run_logged([sys.executable, "-m", "venv", str(venv)], log_path, deadline - time.monotonic())
+        if rc != 0:
+            return None, "could not create the venv" + (" (timed out)" if timed_out else f" (exit {rc})")
+    stamp_path.unlink(missing_ok=True)
+    reasons = []
+    for package in packages:
+        left = deadline - time.monotonic()
+        if left < 30:
+            reasons.append(f"{package}: no time left of the {timeout:.0f} s install budget")
+            break
+        _logger.info(
+            "venv: pip install %s %s (a few minutes and several GB the first time; log %s)",
+            package,
+            " ".join(extra),
+            log_path,
+        )
+        t0 = time.perf_counter()
+        rc, timed_out = run_logged(
+            [str(py), "-m", "pip", "install", "--disable-pip-version-check", package, *extra],
+            log_path,
+            left,
+            env={**os.environ, "PIP_NO_INPUT": "1"},
+        )
+        install_s = time.perf_counter() - t0
+        if rc != 0:
+            why = f"timed out after {left:.0f} s" if timed_out else f"pip exit {rc}: {_tail(log_path, 2)}"
+            reasons.append(f"{package}: {why}")
+            _logger.warning("venv: %s did not install (%s)", package, why)
+            continue
+        versions = import_check(py, log_path, min(300.0, max(30.0, deadline - time.monotonic())))
+        if not versions:
+            reasons.append(f"{package}: installed, but `from inference import InferencePipeline` fails")
+            _logger.warning("venv: %s installed but does not import", package)
+            continue
+        stamp = {
+            "stamp_version": STAMP_VERSION,
+            "package": package,
+            "torch_requirements": extra,
+            "versions": versions,
+            "install_s": round(install_s, 1),
+            "python": sys.version.split()[0],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        stamp_path.write_text(json.dumps(stamp, indent=1), encoding="utf-8")
+        stamp["reused"] = False
+        return stamp, ""
+    return None, "; ".join(reasons) or "nothing to install"
+
+
+def dir_size_gb(path: Path) -> float | None:
+    """Disk used by ``path`` (du), in GB; None when du is missing or slow."""
+    if not shutil.which("du"):
+        return None
+    try:
+        out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, timeout=120)
+        return round(int(out.stdout.split()[0]) / 1024 / 1024, 2)
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return None
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def default_inputs(out: Path, frames: int) -> tuple[Path, Path]:
+    """throughput.py's clip (1280x720, 25 fps) and resnet18 bundle, shared through the same cache names."""
+    import torch
+
+    from autotimm_stream.runtime.export import export_timm
+    from autotimm_stream.synthetic import write_clip
+
+    out.mkdir(parents=True, exist_ok=True)
+    clip = out / f"clip_1280x720_{frames}f_25fps.mp4"
+    if not (clip.is_file() and clip.stat().st_size > 0):
+        _logger.info("clip: generating %s", clip)
+        tmp = clip.with_name(clip.stem + ".partial.mp4")
+        write_clip(tmp, frames=frames, width=1280, height=720, fps=25, seed=0, dominant=True)
+        os.replace(tmp, clip)
+    bundle = out / "resnet18_224_1000c.pt"
+    if not (bundle.is_file() and bundle.stat().st_size > 0):
+        _logger.info("bundle: exporting resnet18 at 224 (1000 classes, random weights)")
+        torch.manual_seed(0)
+        tmp = bundle.with_name(bundle.stem + ".partial.pt")
+        export_timm("resnet18", tmp, [f"class_{i}" for i in range(1000)], image_size=224, top_k=5)
+        os.replace(tmp, bundle)
+    return clip, bundle
+
+
+def count_frames(clip: Path) -> int:
+    """Frames in ``clip``, decoded with PyAV (the engine's decoder)."""
+    import av
+
+    n = 0
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            n += 1
+    return n
+
+
+def core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class CpuMeter:
+    """Cores this process and all others kept busy (Linux /proc/stat; zeros elsewhere)."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._own0 = self._own()
+        self._busy0 = self._busy()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return 0.0
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        own = self._own() - self._own0
+        busy = self._busy() - self._busy0
+        return {"own_cores": round(own / wall, 2), "others_cores": round(max(0.0, busy - own) / wall, 2)}
+
+
+# -- the engine, for a paired ratio ----------------------------------------------------------------
+def run_engine(clip: Path, bundle: Path, batch: int, out_dir: Path, threads: int) -> dict[str, Any]:
+    """The engine on the same clip and bundle, configured as throughput.py's engine figure."""
+    import torch
+
+    from autotimm_stream.app import build_pipeline
+    from autotimm_stream.config import validate_config
+
+    cfg = validate_config(
+        {
+            "sources": [{"id": "bench", "type": "file", "uri": str(clip), "policy": "block", "buffer_size": 32}],
+            "model": {"path": str(bundle), "device": "cpu"},
+            "batching": {"max_batch": batch, "max_wait_ms": 10},
+            "sinks": {
+                "zmq": {"enabled": True, "endpoint": "tcp://127.0.0.1:*"},
+                "jsonl": {"enabled": True, "filename": "predictions.jsonl"},
+                "video": {"enabled": False},
+                "report": {"enabled": False},
+            },
+            "output_dir": str(out_dir),
+        },
+        origin="roboflow benchmark engine config",
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    pipeline = build_pipeline(cfg)
+    meter = CpuMeter()
+    summary = pipeline.run()
+    cpu = meter.stop()
+    if summary.get("error"):
+        raise RuntimeError(f"engine run failed: {summary['error']}")
+    return {
+        "fps": summary["fps"],
+        "frames": summary["frames"],
+        "elapsed_s": summary["elapsed_s"],
+        "batch": batch,
+        "batch_size_mean": summary.get("batch_size_mean"),
+        "drops": summary.get("drops"),
+        "cpu": cpu,
+    }
+
+
+# -- main -----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--clip", help="video file (default: throughput.py's generated 720p clip in --out)")
+    p.add_argument("--bundle", help="TorchScript bundle (default: throughput.py's resnet18 bundle in --out)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames of the generated clip (default 300); with --clip, stop after this many (default: all)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="Roboflow batches across sources only: open the clip this many times (default 1: one frame per call)",
+    )
+    p.add_argument("--venv", default="bench_out/venv-roboflow", help="the Roboflow venv (default %(default)s)")
+    p.add_argument("--out", default="bench_out", help="cache and output folder (default %(default)s)")
+    p.add_argument("--json", help="result file (default <out>/roboflow.json)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds for the benchmark run itself (default 900)")
+    p.add_argument("--install-timeout", type=float, default=1800, help="seconds for creating the venv (default 1800)")
+    p.add_argument(
+        "--package",
+        action="append",
+        help=f"Roboflow package spec to install (repeatable: tried in order; default {' then '.join(DEFAULT_PACKAGES)})",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (default: the core count)")
+    p.add_argument("--no-optimize", action="store_true", help="plain torch.jit.load (no freeze/optimize_for_inference)")
+    p.add_argument(
+        "--with-engine",
+        action="store_true",
+        help="also run the engine on the same clip and bundle right after (engine max_batch --engine-batch)",
+    )
+    p.add_argument("--engine-batch", type=int, default=8, help="engine max_batch for --with-engine (default 8)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds (Roboflow, then engine with --with-engine); medians")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.engine_batch < 1 or args.repeat < 1 or (args.frames is not None and args.frames < 1):
+        p.error("--batch, --engine-batch, --repeat and --frames must be >= 1")
+    return args
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = Path(args.json) if args.json else out / "roboflow.json"
+    venv = Path(args.venv).absolute()
+    install_log = out / "roboflow-install.log"
+    threads = args.threads or core_count()
+
+    if args.clip or args.bundle:
+        if not (args.clip and args.bundle):
+            print("error: pass both --clip and --bundle, or neither (the generated defaults)", file=sys.stderr)
+            return 2
+        clip, bundle = Path(args.clip), Path(args.bundle)
+        for what, path in (("clip", clip), ("bundle", bundle)):
+            if not path.is_file():
+                print(f"error: {what} {path} does not exist", file=sys.stderr)
+                return 2
+    else:
+        clip, bundle = default_inputs(out, args.frames or 300)
+    clip_frames = count_frames(clip)
+    if clip_frames == 0:
+        print(f"error: {clip} decodes to no frames", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    stamp, why = ensure_venv(venv, args.package or list(DEFAULT_PACKAGES), args.install_timeout, install_log)
+    setup_s = time.perf_counter() - t0
+    if stamp is None:
+        reason = f"Roboflow inference could not be set up in {venv}: {why}; see {install_log}"
+        write_json({"skipped": reason, "install_log": str(install_log)}, json_path)
+        print(f"SKIPPED: {reason}")
+        print(f"written: {json_path}")
+        return 0
+    venv_gb = None if stamp.get("reused") else dir_size_gb(venv)
+    if venv_gb is not None:
+        stamp["venv_gb"] = venv_gb
+        (venv / STAMP).write_text(json.dumps({k: v for k, v in stamp.items() if k != "reused"}, indent=1))
+
+    run_dir = out / "roboflow"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    worker_log = run_dir / "worker.log"
+    worker_log.write_text("", encoding="utf-8")
+    cap = args.frames if args.clip and args.frames else 0
+    runs: list[dict[str, Any]] = []
+    engine_runs: list[dict[str, Any]] = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            _logger.info("round %d/%d", i + 1, args.repeat)
+        result, failure = run_worker(args, venv, clip, bundle, clip_frames, cap, threads, run_dir, worker_log)
+        if result is None:
+            print(f"error: {failure}\nfull log: {worker_log}", file=sys.stderr)
+            write_json({"error": failure, "worker_log": str(worker_log)}, json_path)
+            return 1
+        _logger.info("roboflow: %.2f fps (%d frames, %s dropped)", result["fps"], result["frames"], result["dropped"])
+        runs.append(result)
+        if args.with_engine:
+            _logger.info("engine: the same clip and bundle, max_batch %d", args.engine_batch)
+            engine_runs.append(run_engine(clip, bundle, args.engine_batch, out / "roboflow_engine", threads))
+            _logger.info("engine: %.2f fps", engine_runs[-1]["fps"])
+
+    mid = _median_index([r["fps"] for r in runs])
+    result = runs[mid]
+    expected = result["expected_frames"]
+    dropped = result["dropped"]
+    notes = [
+        "Roboflow's video source decodes with cv2.VideoCapture (BGR, converted to RGB in on_video_frame); "
+        "the engine decodes with PyAV",
+        "preprocessing, forward (frozen + optimize_for_inference TorchScript"
+        + (", here disabled by --no-optimize" if args.no_optimize else "")
+        + ") and softmax top-K are the engine's own operations; each prediction is serialised to one JSON line "
+        "in a JSONL file (the engine also publishes on ZMQ)",
+        "max_fps=None, BufferFillingStrategy.WAIT, BufferConsumptionStrategy.LAZY: no pacing, no drops",
+        "fps = frames / (last prediction - pipeline.start()); model load, warm-up and `import inference` excluded",
+    ]
+    if args.batch == 1:
+        notes.append(
+            "batch 1: InferencePipeline batches across sources only, so one file reaches on_video_frame one frame at a time"
+        )
+    else:
+        notes.append(
+            f"batch {args.batch}: the clip opened as {args.batch} sources (each decoded separately); "
+            f"frames counts all of them (batch_collection_timeout=None)"
+        )
+    if args.repeat > 1:
+        notes.append(f"{args.repeat} rounds: fps is the median round's; every round is in details.rounds")
+    for r in runs:
+        if r["dropped"]:
+            notes.append(f"NOT all frames were processed in a round: {r['frames']} of {r['expected_frames']}")
+            _logger.warning("roboflow processed %d of %d frames", r["frames"], r["expected_frames"])
+        if r.get("frame_id_gaps"):
+            notes.append(f"{r['frame_id_gaps']} frame ids missing or repeated in a round")
+    busy = max((r.get("cpu") or {}).get("others_cores", 0.0) for r in runs)
+    if busy > 0.3:
+        notes.append(f"the machine was busy: other processes used up to {busy} cores during the Roboflow runs")
+    cpu = result.get("cpu") or {}
+
+    doc: dict[str, Any] = {
+        "fps": result["fps"],
+        "frames": result["frames"],
+        "wall_s": result["wall_s"],
+        "inference_version": result["versions"].get("inference"),
+        "torch_version": result["versions"].get("torch"),
+        "batch": args.batch,
+        "dropped": dropped,
+        "torch_threads": result["torch_threads"],
+        "notes": notes,
+        "details": {
+            **{k: v for k, v in result.items() if k not in ("fps", "frames", "wall_s", "dropped", "error")},
+            "fps_runs": [r["fps"] for r in runs],
+            "rounds": runs,
+            "clip": str(clip),
+            "clip_frames": clip_frames,
+            "bundle": str(bundle),
+            "venv": str(venv),
+            "venv_package": stamp.get("package"),
+            "venv_reused": stamp.get("reused"),
+            "venv_setup_s": round(setup_s, 1),
+            "venv_install_s": stamp.get("install_s"),
+            "venv_gb": stamp.get("venv_gb"),
+            "install_log": str(install_log),
+            "worker_log": str(worker_log),
+            "predictions": str(run_dir / "predictions.jsonl"),
+            "loadavg_end": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        },
+    }
+    if expected != (clip_frames if not cap else min(cap, clip_frames)) * args.batch:
+        notes.append(f"expected frames {expected} disagree with the clip's {clip_frames}")
+
+    if engine_runs:
+        if cap and any(e["frames"] > cap for e in engine_runs):
+            notes.append("--with-engine runs the whole clip: --frames does not cap it")
+        e_mid = _median_index([e["fps"] for e in engine_runs])
+        ratios = [round(e["fps"] / r["fps"], 3) if r["fps"] else None for e, r in zip(engine_runs, runs, strict=True)]
+        doc["engine"] = {**engine_runs[e_mid], "fps_runs": [e["fps"] for e in engine_runs], "runs": engine_runs}
+        doc["engine_over_roboflow"] = round(engine_runs[e_mid]["fps"] / result["fps"], 3) if result["fps"] else None
+        doc["engine_over_roboflow_runs"] = ratios
+
+    write_json(doc, json_path)
+    print(
+        f"roboflow inference {doc['inference_version']} (torch {doc['torch_version']}, {doc['torch_threads']} threads): "
+        f"{doc['fps']:.2f} fps, {doc['frames']} frames in {doc['wall_s']:.2f} s, batch {args.batch}, "
+        f"dropped {dropped}" + (f"  (rounds: {doc['details']['fps_runs']})" if args.repeat > 1 else "")
+    )
+    if cpu:
+        print(f"cores busy: this {cpu.get('own_cores')} / others {cpu.get('others_cores')}")
+    if "engine" in doc:
+        e = doc["engine"]
+        print(
+            f"engine: {e['fps']:.2f} fps ({e['frames']} frames, max_batch {e['batch']}, mean batch "
+            f"{e['batch_size_mean']}, cores busy: this {e['cpu']['own_cores']} / others {e['cpu']['others_cores']}); "
+            f"engine / roboflow = {doc['engine_over_roboflow']}"
+            + (f"  (per round: {doc['engine_over_roboflow_runs']})" if args.repeat > 1 else "")
+        )
+    print(f"written: {json_path}")
+    return 0
+
+
+def _median_index(values: list[float]) -> int:
+    """Index of the median (the lower one for an even count)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    return order[(len(order) - 1) // 2]
+
+
+def run_worker(
+    args: argparse.Namespace,
+    venv: Path,
+    clip: Path,
+    bundle: Path,
+    clip_frames: int,
+    cap: int,
+    threads: int,
+    run_dir: Path,
+    worker_log: Path,
+) -> tuple[dict[str, Any] | None, str]:
+    """One Roboflow run in the venv: (the worker's result, "") or (None, what went wrong)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [
+            str(venv_python(venv)),
+            str(WORKER),
+            "--clip",
+            str(clip.absolute()),
+            "--bundle",
+            str(bundle.absolute()),
+            "--result",
+            str(result_path),
+            "--jsonl",
+            str((run_dir / "predictions.jsonl").absolute()),
+            "--sources",
+            str(args.batch),
+            "--frames",
+            str(cap),
+            "--expected",
+            str(clip_frames),
+            "--threads",
+            str(threads),
+            "--deadline-s",
+            str(max(10.0, args.timeout - 120)),  # leaves the worker time for imports and its own report
+        ]
+        if args.no_optimize:
+            cmd.append("--no-optimize")
+        _logger.info(
+            "roboflow: running the worker (%d source(s), %d torch threads; log %s)", args.batch, threads, worker_log
+        )
+        rc, timed_out = run_logged(cmd, worker_log, args.timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
+    if result is None or rc != 0:
+        why = f"timed out after {args.timeout:.0f} s" if timed_out else f"exit {rc}"
+        reason = (result or {}).get("error") or _tail(worker_log, 3)
+        return None, f"the Roboflow worker failed ({why}): {reason}"
+    return result, ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
