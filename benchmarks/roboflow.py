@@ -39,6 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.<module>
+    from cpumeter import CpuMeter, core_count
+except ImportError:
+    from benchmarks.cpumeter import CpuMeter, core_count
+
 _logger = logging.getLogger("benchmarks.roboflow")
 
 HERE = Path(__file__).resolve().parent
@@ -265,43 +270,6 @@ def count_frames(clip: Path) -> int:
         for _ in container.decode(stream):
             n += 1
     return n
-
-
-def core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-class CpuMeter:
-    """Cores this process and all others kept busy (Linux /proc/stat; zeros elsewhere)."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-        self._own0 = self._own()
-        self._busy0 = self._busy()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return 0.0
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> dict[str, float]:
-        wall = max(time.monotonic() - self._t0, 1e-9)
-        own = self._own() - self._own0
-        busy = self._busy() - self._busy0
-        return {"own_cores": round(own / wall, 2), "others_cores": round(max(0.0, busy - own) / wall, 2)}
 
 
 # -- the engine, for a paired ratio ----------------------------------------------------------------

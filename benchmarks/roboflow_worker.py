@@ -29,6 +29,8 @@ import traceback
 import warnings
 from typing import Any
 
+from cpumeter import CpuMeter  # run as a script: benchmarks/ is on sys.path
+
 META_FILE = "autotimm_stream.json"
 
 # Quiet, offline-friendly Roboflow: no version check against the network, no optional model families.
@@ -161,36 +163,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-optimize", action="store_true", help="do not freeze/optimize_for_inference the module")
     p.add_argument("--deadline-s", type=float, default=600.0, help="give up on the pipeline after this long")
     return p.parse_args(argv)
-
-
-class CpuMeter:
-    """Cores this process and all others kept busy (Linux /proc/stat; zeros elsewhere)."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-        self._own0 = self._own()
-        self._busy0 = self._busy()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return 0.0
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> dict[str, float]:
-        wall = max(time.monotonic() - self._t0, 1e-9)
-        own = self._own() - self._own0
-        busy = self._busy() - self._busy0
-        return {"own_cores": round(own / wall, 2), "others_cores": round(max(0.0, busy - own) / wall, 2)}
 
 
 def write_result(path: str, doc: dict[str, Any]) -> None:

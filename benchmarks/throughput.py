@@ -49,6 +49,11 @@ import numpy as np
 import torch
 import zmq
 
+try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.<module>
+    from cpumeter import CpuMeter
+except ImportError:
+    from benchmarks.cpumeter import CpuMeter
+
 from autotimm_stream import __version__ as engine_version
 from autotimm_stream.app import build_pipeline
 from autotimm_stream.config import validate_config
@@ -149,41 +154,6 @@ def prepare_inputs(clip: Path, runner: ModelRunner, batch: int) -> Prepared:
 
 
 # -- measurements -------------------------------------------------------------------------------
-class CpuMeter:
-    """CPU used by this process and by everything else on the machine while a measurement runs.
-
-    ``others_cores`` (about 0 on a quiet machine) says how much of the machine other processes
-    took, so a slow figure can be told apart from a loaded machine. Linux only; zeros elsewhere.
-    """
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-        self._own0 = self._own()
-        self._busy0 = self._busy()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return 0.0
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> dict[str, float]:
-        """Average cores busy since construction: this process, and all other processes."""
-        wall = max(time.monotonic() - self._t0, 1e-9)
-        own = self._own() - self._own0
-        busy = self._busy() - self._busy0
-        return {"own_cores": round(own / wall, 2), "others_cores": round(max(0.0, busy - own) / wall, 2)}
-
-
 def engine_config(clip: Path, bundle: Path, batch: int, out_dir: Path, video: bool) -> dict[str, Any]:
     """The run configuration the engine measurements use (ZMQ on a free port chosen at bind time)."""
     return {
