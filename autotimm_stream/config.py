@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 __all__ = ["RunConfig", "SourceConfig", "load_config", "apply_overrides", "validate_config", "validate_source"]
 
-_ID_RE = r"^[A-Za-z0-9_.-]+$"  # a source id appears in ZMQ topics and file names
+_ID_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # in ZMQ topics and file names: never ".", ".." or "-x"
 
 
 class _Strict(BaseModel):

@@ -25,6 +25,7 @@ def test_defaults():
             r"sources\[0\]\.policy: .*'block' or 'latest'.*got 'newest'",
         ),
         ({"sources": [{"id": "bad id", "uri": "a.mp4"}]}, r"sources\[0\]\.id: .*pattern"),
+        ({"sources": [{"id": "..", "uri": "a.mp4"}]}, r"sources\[0\]\.id: .*pattern"),  # ids name files: never a path
         ({"sources": [{"id": "cam1"}]}, r"sources\[0\]\.uri: required field is missing"),
         ({"sources": []}, r"sources: at least one source is needed \(or control.enabled"),
         ({"batching": {"max_batch": "eight"}}, r"batching\.max_batch: .*valid integer.*got 'eight'"),

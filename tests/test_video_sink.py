@@ -73,7 +73,11 @@ def test_dropped_frames_leave_gaps_at_source_pts(clip, bundle, tmp_path):
 
 @pytest.mark.parametrize(
     "template, names",
-    [("annotated.mp4", ("annotated_a.mp4", "annotated_b.mp4")), ("cam-{source}.mp4", ("cam-a.mp4", "cam-b.mp4"))],
+    [
+        ("annotated.mp4", ("annotated_a.mp4", "annotated_b.mp4")),
+        ("cam-{source}.mp4", ("cam-a.mp4", "cam-b.mp4")),
+        ("{source}/annotated.mp4", ("a/annotated.mp4", "b/annotated.mp4")),  # a folder per source
+    ],
 )
 def test_two_sources_make_two_files_each_with_its_own_frames_and_pts(clip, vfr_clip, bundle, tmp_path, template, names):
     vfr, vfr_ms = vfr_clip
@@ -91,7 +95,7 @@ def test_two_sources_make_two_files_each_with_its_own_frames_and_pts(clip, vfr_c
     rows = read_jsonl(out / "predictions.jsonl")
     assert summary["sinks"]["video"]["frames"] == {"a": 48, "b": len(vfr_ms)}
     assert summary["sinks"]["video"]["paths"] == {s: str(out / n) for s, n in zip("ab", names)}
-    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(names)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4")) == sorted(names)
     for source, name, size, want in [
         ("a", names[0], (320, 240), decode_pts(clip)[0]),
         ("b", names[1], (160, 120), [t / 1000 for t in vfr_ms]),

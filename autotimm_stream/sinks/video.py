@@ -121,7 +121,9 @@ class VideoSink(Sink):
         self._used: set[str] = set()
 
     def open(self) -> None:
-        folder = os.path.dirname(os.path.abspath(self.path_template)) or "."
+        # the folder that must exist now: above the first part named after the source, if any
+        # ("out/{source}/annotated.mp4" makes out/cam1/ when cam1's first frame arrives)
+        folder = os.path.dirname(os.path.abspath(self.path_template.split("{source}")[0] + "x")) or "."
         if not os.access(folder, os.W_OK):
             raise SinkError(f"sinks.video: cannot write into {folder!r}; pick a writable output_dir")
 
@@ -137,6 +139,7 @@ class VideoSink(Sink):
             self._used.add(path)
             tb = r.frame.time_base if isinstance(r.frame.time_base, Fraction) else _FALLBACK_TB
             try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 w = _Writer(path, r.frame.width, r.frame.height, tb, self.fps.get(r.source_id), self.options)
             except (OSError, av.error.FFmpegError) as exc:
                 raise SinkError(f"sinks.video: cannot create {path!r} ({exc})") from None
