@@ -154,13 +154,7 @@ class MetricsSink(Sink):
 
 def pipeline_error(pipeline: Any) -> BaseException | None:
     """The error that broke ``pipeline`` (worker or sink), or None."""
-    if pipeline.error is not None:
-        return pipeline.error
-    # a failed sink thread reaches Pipeline.error only at close(); health must see it at once
-    for runner in getattr(pipeline, "_sink_runners", ()):
-        if runner.error is not None:
-            return runner.error
-    return None
+    return pipeline.failure
 
 
 def _state(source: Any) -> str:

@@ -259,6 +259,14 @@ class Pipeline:
         return self._done.wait(timeout)
 
     @property
+    def failure(self) -> BaseException | None:
+        """The error that broke the run so far (the worker's, or a sink's at once: ``error`` gets a
+        sink's only at close), or None."""
+        if self.error is not None:
+            return self.error
+        return next((r.error for r in self._sink_runners if r.error is not None), None)
+
+    @property
     def done(self) -> bool:
         return self._done.is_set()
 
