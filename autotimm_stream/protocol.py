@@ -39,6 +39,8 @@ KINDS = (*RESULT_KINDS, "status", "heartbeat", "eos")
 MASK_ENCODINGS = ("raw", "png")
 MASK_PART = 2  # index of the message part that carries a segmentation mask
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DTYPES = {1: "uint8", 2: "uint16"}  # itemsize -> wire name
+_NUMPY = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}  # wire name -> raw payload layout
 
 
 class ProtocolError(StreamError, ValueError):
@@ -59,16 +61,22 @@ def split_topic(topic: bytes | str) -> tuple[str, str]:
 
 
 def encode_mask(mask: np.ndarray, encoding: str = "raw") -> tuple[dict[str, Any], bytes | memoryview]:
-    """A class map ``uint8 [H, W]`` -> its header description and the payload part.
+    """A class map ``[H, W]`` of class ids -> its header description and the payload part.
 
-    ``raw`` costs no CPU (the array's bytes, row-major); ``png`` is lossless and typically 20-100x
-    smaller for class maps, at about a millisecond per 720p frame.
+    Up to 256 classes the map travels as ``uint8``; a model with more classes (the post-processor
+    then gives int64 ids) sends ``uint16``, little-endian in ``raw``. ``raw`` costs no CPU (the
+    array's bytes, row-major); ``png`` is lossless and typically 20-100x smaller for class maps,
+    at about a millisecond per 720p frame.
     """
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ProtocolError(f"mask: expected a uint8 [H, W] class map, got {mask.dtype} {list(mask.shape)}")
+    if mask.ndim != 2 or mask.dtype.kind not in "ui":
+        raise ProtocolError(f"mask: expected an integer [H, W] class map, got {mask.dtype} {list(mask.shape)}")
+    if mask.dtype != np.uint8:
+        if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 0xFFFF):
+            raise ProtocolError(f"mask: class ids must lie in [0, 65535], got [{mask.min()}, {mask.max()}]")
+        mask = mask.astype("<u2")
     spec = {
         "encoding": encoding,
-        "dtype": "uint8",
+        "dtype": _DTYPES[mask.dtype.itemsize],
         "shape": [int(mask.shape[0]), int(mask.shape[1])],
         "frame": MASK_PART,
     }
@@ -85,30 +93,30 @@ def encode_mask(mask: np.ndarray, encoding: str = "raw") -> tuple[dict[str, Any]
 
 
 def decode_mask(spec: dict[str, Any], payload: bytes | memoryview) -> np.ndarray:
-    """The class map (``uint8 [H, W]``) described by ``header["mask"]`` from its payload part."""
+    """The class map (``uint8`` or ``uint16 [H, W]``) described by ``header["mask"]`` from its payload part."""
     try:
         encoding, dtype = spec["encoding"], spec["dtype"]
         height, width = (int(v) for v in spec["shape"])
     except (KeyError, TypeError, ValueError):
         raise ProtocolError(f"mask: expected {{encoding, dtype, shape: [h, w], frame}}, got {spec!r}") from None
-    if dtype != "uint8":
-        raise ProtocolError(f"mask: expected dtype 'uint8', got {dtype!r}")
+    want = _NUMPY.get(dtype)
+    if want is None:
+        raise ProtocolError(f"mask: expected dtype 'uint8' or 'uint16', got {dtype!r}")
     data = bytes(payload) if encoding == "png" else payload
     if encoding == "raw":
-        if len(data) != height * width:
-            raise ProtocolError(
-                f"mask: shape {height}x{width} needs {height * width} bytes, the payload has {len(data)}"
-            )
-        return np.frombuffer(data, dtype=np.uint8).reshape(height, width)
+        size = height * width * want.itemsize
+        if len(data) != size:
+            raise ProtocolError(f"mask: {dtype} {height}x{width} needs {size} bytes, the payload has {len(data)}")
+        return np.frombuffer(data, dtype=want).reshape(height, width)
     if encoding == "png":
         import cv2
 
         if not data.startswith(_PNG_SIGNATURE):
             raise ProtocolError("mask: encoding 'png' but the payload is not a PNG")
         mask = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if mask is None or mask.dtype != np.uint8 or mask.shape != (height, width):
+        if mask is None or mask.dtype != want or mask.shape != (height, width):
             got = None if mask is None else f"{mask.dtype} {list(mask.shape)}"
-            raise ProtocolError(f"mask: the PNG should hold uint8 [{height}, {width}], it holds {got}")
+            raise ProtocolError(f"mask: the PNG should hold {dtype} [{height}, {width}], it holds {got}")
         return mask
     raise ProtocolError(f"mask: unknown encoding {encoding!r}; expected one of {', '.join(MASK_ENCODINGS)}")
 

@@ -88,6 +88,20 @@ def test_masks_round_trip_exactly(encoding, shape):
     assert back.dtype == np.uint8 and np.array_equal(back, mask)
 
 
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_models_with_more_than_256_classes_send_uint16_masks(encoding):
+    """The post-processor gives int64 ids above 256 classes: they travel as uint16, exactly."""
+    mask = np.arange(37 * 53, dtype=np.int64).reshape(37, 53) % 300
+    spec, payload = encode_mask(mask, encoding)
+    assert spec["dtype"] == "uint16"
+    back = decode_mask(spec, bytes(payload))
+    assert back.dtype == np.uint16 and np.array_equal(back, mask)
+    header = _result_header(width=53, height=37, mask=spec)
+    assert validate(b"segmentation/cam", json.dumps(header), [bytes(payload)])["mask"]["dtype"] == "uint16"
+    with pytest.raises(ProtocolError, match=r"\[0, 65535\]"):
+        encode_mask(mask - 1, encoding)
+
+
 def test_png_masks_are_much_smaller_for_class_maps():
     mask = np.zeros((720, 1280), dtype=np.uint8)
     mask[100:400, 200:700] = 3

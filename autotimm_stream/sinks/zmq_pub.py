@@ -4,7 +4,7 @@ Wire format (schema 1, :mod:`autotimm_stream.protocol`, ``docs/protocol.md``): m
 ``[topic, header, payload...]``; ``topic`` is ``<kind>/<source_id>`` where kind is the task for
 results, ``status`` when a source changes state, ``heartbeat`` once per interval per source and
 ``eos`` after a source's last result; ``header`` a UTF-8 JSON object with a ``schema`` field.
-Segmentation results add one payload part, the class map (raw ``uint8`` or PNG, described by
+Segmentation results add one payload part, the class map (raw or PNG, described by
 ``header["mask"]``).
 
 ``pub`` mode binds an XPUB with ``XPUB_NODROP``: a send that would exceed a subscriber's
