@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.<module>
-    from cpumeter import CpuMeter, core_count
+    from cpumeter import core_count
 except ImportError:
-    from benchmarks.cpumeter import CpuMeter, core_count
+    from benchmarks.cpumeter import core_count
 
 _logger = logging.getLogger("benchmarks.roboflow")
 
@@ -277,32 +277,16 @@ def run_engine(clip: Path, bundle: Path, batch: int, out_dir: Path, threads: int
     """The engine on the same clip and bundle, configured as throughput.py's engine figure."""
     import torch
 
-    from autotimm_stream.app import build_pipeline
-    from autotimm_stream.config import validate_config
+    try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.roboflow
+        import throughput
+    except ImportError:
+        from benchmarks import throughput
 
-    cfg = validate_config(
-        {
-            "sources": [{"id": "bench", "type": "file", "uri": str(clip), "policy": "block", "buffer_size": 32}],
-            "model": {"path": str(bundle), "device": "cpu"},
-            "batching": {"max_batch": batch, "max_wait_ms": 10},
-            "sinks": {
-                "zmq": {"enabled": True, "endpoint": "tcp://127.0.0.1:*"},
-                "jsonl": {"enabled": True, "filename": "predictions.jsonl"},
-                "video": {"enabled": False},
-                "report": {"enabled": False},
-            },
-            "output_dir": str(out_dir),
-        },
-        origin="roboflow benchmark engine config",
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = throughput.engine_config(clip, bundle, batch, out_dir, video=False)
+    cfg["sinks"]["report"] = {"enabled": False}
     torch.set_num_threads(threads)
-    pipeline = build_pipeline(cfg)
-    meter = CpuMeter()
-    summary = pipeline.run()
-    cpu = meter.stop()
-    if summary.get("error"):
-        raise RuntimeError(f"engine run failed: {summary['error']}")
+    summary, _ = throughput.run_engine(cfg)
+    cpu = summary["cpu"]
     return {
         "fps": summary["fps"],
         "frames": summary["frames"],

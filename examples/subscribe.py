@@ -3,8 +3,8 @@
     python examples/subscribe.py [tcp://127.0.0.1:5555] [--topic classification/]
 
 Messages are multipart ``[topic, header JSON, payload...]`` (see docs/protocol.md); segmentation
-messages carry the class map as a third frame, decoded here with numpy. Start it before or while
-the engine runs; it exits when nothing arrives for ``--timeout`` seconds.
+messages carry the class map as a third frame, decoded by ``autotimm_stream.protocol.decode_mask``
+(raw or PNG). Start it before or while the engine runs; it exits when nothing arrives for ``--timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import json
 import numpy as np
 import zmq
 
+from autotimm_stream.protocol import decode_mask
+
 
 def describe(msg: dict, payload: list[bytes]) -> str:
     """One phrase per task: best class, objects found, or the mask's classes."""
@@ -23,8 +25,7 @@ def describe(msg: dict, payload: list[bytes]) -> str:
             f"{d['label']}@{[round(v) for v in d['box']]}" for d in msg["detections"][:3]
         )
     if "mask" in msg:
-        spec = msg["mask"]
-        mask = np.frombuffer(payload[0], dtype=spec["dtype"]).reshape(spec["shape"])
+        mask = decode_mask(msg["mask"], payload[0])  # raw or PNG, uint8 or uint16
         ids, counts = np.unique(mask, return_counts=True)
         return f"mask {mask.shape[1]}x{mask.shape[0]} " + " ".join(
             f"{i}:{c / mask.size:.0%}" for i, c in zip(ids, counts)

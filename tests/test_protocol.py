@@ -22,8 +22,8 @@ from autotimm_stream.errors import ConfigError, SinkError
 from autotimm_stream.protocol import ProtocolError, decode_mask, encode_mask, schema, validate
 from autotimm_stream.sinks import ZmqSink
 
-from .conftest import checked
-from .test_pipeline import read_jsonl
+from .conftest import checked, free_port
+from .test_pipeline import read_jsonl, run
 
 
 def engine_config(source: Path, bundle: Path, out: Path, endpoint: str, zmq_over: dict | None = None, **source_over):
@@ -59,13 +59,6 @@ class Collector:
         assert not self.thread.is_alive(), "the subscriber never saw eos/cam"
         assert self.errors == []
         return self.messages
-
-
-def run_engine(cfg) -> dict:
-    pipeline = build_pipeline(cfg)
-    summary = pipeline.run()
-    assert pipeline.error is None, pipeline.error
-    return summary
 
 
 # -- the schema and the mask codecs -----------------------------------------------------------------
@@ -173,7 +166,7 @@ def test_client_gets_typed_segmentation_results_with_exact_masks(clip, seg_bundl
     with Subscriber(endpoint, check=True) as sub:
         got = Collector(sub)
         cfg = engine_config(clip, seg_bundle, tmp_path, endpoint, {"wait_subscribers": 1, "mask_encoding": encoding})
-        run_engine(cfg)
+        run(cfg)
         messages = got.join()
     results = [m for m in messages if isinstance(m, ResultMessage)]
     assert [m.frame_index for m in results] == list(range(48))
@@ -195,22 +188,16 @@ def test_client_gets_typed_segmentation_results_with_exact_masks(clip, seg_bundl
 def test_png_and_raw_masks_are_identical_through_the_engine(clip, seg_bundle, tmp_path):
     masks = {}
     for encoding in ("raw", "png"):
-        endpoint = f"tcp://127.0.0.1:{_port()}"
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
         with Subscriber(endpoint, topics=["segmentation/", "eos/"]) as sub:
             got = Collector(sub)
-            run_engine(
+            run(
                 engine_config(
                     clip, seg_bundle, tmp_path / encoding, endpoint, {"wait_subscribers": 1, "mask_encoding": encoding}
                 )
             )
             masks[encoding] = [m.mask for m in got.join() if isinstance(m, ResultMessage)]
     assert len(masks["raw"]) == 48 and all(np.array_equal(a, b) for a, b in zip(masks["raw"], masks["png"]))
-
-
-def _port() -> int:
-    from .conftest import free_port
-
-    return free_port()
 
 
 def test_heartbeats_report_each_live_source(bundle, tmp_path, endpoint):
@@ -253,7 +240,7 @@ def test_a_subscriber_that_never_reads_costs_nothing_and_holds_bounded_memory(cl
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(endpoint)
     try:
-        summary = run_engine(engine_config(clip, seg_bundle, tmp_path, endpoint, {"wait_subscribers": 1, "hwm": 2}))
+        summary = run(engine_config(clip, seg_bundle, tmp_path, endpoint, {"wait_subscribers": 1, "hwm": 2}))
     finally:
         sub.close(0)
     assert summary["frames"] == 48 and len(read_jsonl(tmp_path / "predictions.jsonl")) == 48
@@ -340,7 +327,7 @@ def test_curve_admits_only_known_clients(clip, bundle, tmp_path, endpoint, keys)
             curve_client_key=str(keys / "client.key_secret"),
         ) as known:
             got = Collector(known)
-            run_engine(engine_config(clip, bundle, tmp_path, endpoint, zmq_over))
+            run(engine_config(clip, bundle, tmp_path, endpoint, zmq_over))
             messages = got.join()
         assert [m.frame_index for m in messages if isinstance(m, ResultMessage)] == list(range(48))
         # the engine is gone, so nothing can still be on its way to the other two
@@ -369,7 +356,7 @@ def test_every_message_of_a_detection_run_follows_the_schema(clip, det_bundle, t
     sub.connect(endpoint)
     received: list[list[bytes]] = []
     try:
-        run_engine(engine_config(clip, det_bundle, tmp_path, endpoint, {"wait_subscribers": 1}))
+        run(engine_config(clip, det_bundle, tmp_path, endpoint, {"wait_subscribers": 1}))
         while sub.poll(5000):
             received.append(sub.recv_multipart())
             if received[-1][0] == b"eos/cam":

@@ -149,7 +149,7 @@ class ZmqSink(Sink):
         self._auth: Any = None
         self.sent = 0  # every message, heartbeats included
         self.dropped = 0
-        self.heartbeats = 0
+        self.heartbeats = 0  # heartbeats among the messages sent
         self.publish_ms = StageStats()
         self.bound_endpoint = endpoint
         self._opened = 0.0
@@ -230,18 +230,19 @@ class ZmqSink(Sink):
                 seen += 1
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, topic: str, header: dict[str, Any], *payload: Any, reliable: bool = True) -> None:
+    def _send(self, topic: str, header: dict[str, Any], *payload: Any, reliable: bool = True) -> bool:
+        """Send one message; False when it was dropped (counted)."""
         assert self._sock is not None
         parts = [topic.encode(), json.dumps(header, separators=(",", ":")).encode(), *payload]
         while True:
             try:
                 self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
                 self.sent += 1
-                return
+                return True
             except zmq.Again:
                 if self.mode == "pub" or not reliable or (self.abort is not None and self.abort.is_set()):
                     self.dropped += 1
-                    return
+                    return False
                 self._sock.poll(_POLL_MS, zmq.POLLOUT)  # PUSH: wait for a peer with room (backpressure)
 
     def write(self, results: list[Result]) -> None:
@@ -294,8 +295,7 @@ class ZmqSink(Sink):
                 "uptime_s": round(now - self._opened, 3),
                 "at_ns": at_ns,
             }
-            self._send(f"heartbeat/{sid}", header, reliable=False)
-            self.heartbeats += 1
+            self.heartbeats += self._send(f"heartbeat/{sid}", header, reliable=False)
 
     def _stop_auth(self) -> None:
         if self._auth is not None:
