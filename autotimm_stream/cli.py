@@ -285,8 +285,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     for name in args.names:
         if os.path.exists(os.path.join(args.folder, f"{name}.key_secret")) and not args.force:
             raise ConfigError(f"{os.path.join(args.folder, name)}.key_secret exists; pass --force to replace it")
-        public, secret = zmq.auth.create_certificates(args.folder, name)
-        os.chmod(secret, 0o600)
+        old = os.umask(0o077)  # the secret key is never readable by others, not even for a moment
+        try:
+            public, secret = zmq.auth.create_certificates(args.folder, name)
+        finally:
+            os.umask(old)
+        os.chmod(public, 0o644)
         made.append(f"{public} (public), {secret} (secret, keep private)")
     print("wrote " + "; ".join(made), file=sys.stderr)
     return 0
