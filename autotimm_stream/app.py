@@ -188,6 +188,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         drain_timeout_s=cfg.drain_timeout_s,
         prep_threads=b.prep_threads,
         persistent=cfg.control.enabled,
+        support_priority=b.support_priority,
     )
     for sink in sinks:
         if isinstance(sink, ZmqSink):

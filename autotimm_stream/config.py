@@ -168,6 +168,12 @@ class BatchingConfig(_Strict):
     max_wait_ms: float = Field(10.0, ge=0, le=10_000)
     max_frames_per_source: int = Field(0, ge=0, description="per-source share of a batch; 0 = no limit")
     prep_threads: int = Field(1, ge=1, le=256, description="torch threads of the preprocessing thread")
+    support_priority: Literal["auto", "low", "normal"] = Field(
+        "auto",
+        description="CPU priority of decode, preprocessing and sink threads; low = they yield to the model's "
+        "threads; auto = low for files read at full speed, normal where a live source or the control "
+        "channel is involved",
+    )
 
 
 class CurveConfig(_Strict):

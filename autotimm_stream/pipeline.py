@@ -37,6 +37,7 @@ from .batching import Batcher, BatchPolicy
 from .errors import ConfigError
 from .frame import STAGES, Frame, Result
 from .postprocess import Postprocessor
+from .priority import PRIORITIES, lower_this_thread
 from .ringbuffer import Policy
 from .runtime.runner import ModelRunner
 from .sinks.base import EndOfStream, Sink, SinkRunner
@@ -96,7 +97,10 @@ class Pipeline:
         sink_queue: int = 4,
         prep_threads: int = 1,
         persistent: bool = False,
+        support_priority: str = "auto",
     ):
+        if support_priority not in PRIORITIES:
+            raise ValueError(f"support_priority must be one of {PRIORITIES}, got {support_priority!r}")
         if not sources and not persistent:
             raise ValueError("a pipeline needs at least one source (or persistent=True, to add them later)")
         ids = [s.source_id for s in sources]
@@ -133,6 +137,8 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
         self.prep_threads = prep_threads
+        self.support_priority = support_priority
+        self._low_support = False  # prep and sink threads at low priority (decided in start)
         self._infer_threads = torch.get_num_threads()
         self._infer_ready = threading.Event()
         self._prep_ready = threading.Event()
@@ -166,7 +172,12 @@ class Pipeline:
             for s in self.sources:
                 s.close()
             raise
+        # one decision for the run: a lowered priority cannot be raised again (see .priority)
+        self._low_support = self.support_priority == "low" or (
+            self.support_priority == "auto" and not self._keep_open.is_set() and all(s.offline for s in self.sources)
+        )
         for r in self._sink_runners:
+            r.low_priority = self._low_support
             r.start()
         self._threads = [
             threading.Thread(target=self._guard, args=(self._prep_loop,), name="worker-prep"),
@@ -178,6 +189,7 @@ class Pipeline:
             torch.set_num_threads(self._infer_threads)  # the global default, for threads started later
         self.started_at = time.monotonic()
         for s in self.sources:
+            s.low_priority = self._source_low_priority(s)
             s.start()
         for svc in self.services:
             svc.start()
@@ -214,11 +226,15 @@ class Pipeline:
             if source.info is None:
                 source.open()
             if self.started_at:
+                source.low_priority = self._source_low_priority(source)
                 source.start()
             self.retired.pop(source.source_id, None)
             self.sources = [*self.sources, source]
             self.batcher.set_buffers([s.buffer for s in self.sources])
         _logger.info("source %s added (%s)", source.source_id, source.describe())
+
+    def _source_low_priority(self, source: Source) -> bool:
+        return self.support_priority == "low" or (self.support_priority == "auto" and source.offline)
 
     def remove_source(self, source_id: str, timeout: float = 5.0) -> bool:
         """Stop one source; its buffered frames are still inferred. True once its thread has ended."""
@@ -350,6 +366,8 @@ class Pipeline:
             if self.abort.is_set():
                 return
         self._take_threads("prep", self.prep_threads)
+        if self._low_support:
+            lower_this_thread()
         self._prep_ready.set()
         try:
             while not self.abort.is_set():
@@ -553,6 +571,7 @@ class Pipeline:
             "stages_ms": {k: v.summary() for k, v in self.stages.items()},
             "sinks": {s.name: s.stats() for s in self.sinks},
             "torch_threads": dict(self.thread_counts),
+            "support_priority": "low" if self._low_support else "normal",
             "error": None if self.error is None else str(self.error),
         }
 

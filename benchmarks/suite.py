@@ -159,7 +159,7 @@ class Mode:
 
 
 QUICK = Mode(
-    "quick", frames=48, seg_frames=16, batch=8, task_batch=4, live_model_only=False, live_model_s=2.0,
+    "quick", frames=120, seg_frames=32, batch=8, task_batch=4, live_model_only=False, live_model_s=2.0,
     latency_s=20.0, latency_warmup_s=1.0, sweep_seconds=5.0, sweep_warmup=1.5, soak_s=60.0, soak_warmup_s=15.0,
     rss_every_s=2.0, coarse_capacity=True, roboflow_clips=("real",),
 )  # fmt: skip
@@ -1118,7 +1118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="bench_out/suite", help="output folder (default bench_out/suite)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: fp16 + channels_last")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
-    frames_help = "frames per clip, every model (quick 48 / segmentor 16, full 250 / segmentor 120; real clip <= 250)"
+    frames_help = "frames per clip, every model (quick 120 / segmentor 32, full 250 / segmentor 120; real clip <= 250)"
     p.add_argument("--frames", type=int, default=None, help=frames_help)
     batch_help = "engine max_batch = model-only batch, every model (default 8 classifier, 4 detector/segmentor)"
     p.add_argument("--batch", type=int, default=None, help=batch_help)

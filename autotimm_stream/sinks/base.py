@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..frame import Result
+from ..priority import lower_this_thread
 from ..sources.base import StatusEvent
 
 __all__ = ["Sink", "SinkRunner", "EndOfStream"]
@@ -85,6 +86,7 @@ class SinkRunner:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._main, name=f"sink-{sink.name}")
         sink.abort = halt
+        self.low_priority = False  # set by the pipeline before start (see autotimm_stream.priority)
         self.error: BaseException | None = None
         # state changes jump the queue (a reconnect must not wait behind a backlog of results);
         # bounded: a flapping source cannot grow memory, the oldest events are forgotten first
@@ -133,6 +135,8 @@ class SinkRunner:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        if self.low_priority:
+            lower_this_thread()
         try:
             while True:
                 try:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..frame import Frame, FrameFlags, now_ns
-from ..ringbuffer import RingBuffer
+from ..priority import lower_this_thread
+from ..ringbuffer import Policy, RingBuffer
 
 __all__ = ["Source", "SourceInfo", "SourceState", "StatusEvent", "Halt"]
 
@@ -121,6 +122,7 @@ class Source:
         self.state: SourceState | None = None
         self.state_counts: Counter[str] = Counter()  # state -> times entered
         self.on_status: Callable[[StatusEvent], None] | None = None
+        self.low_priority = False  # set by the pipeline before start (see autotimm_stream.priority)
         self._thread: threading.Thread | None = None
 
     def open(self) -> SourceInfo:
@@ -186,7 +188,20 @@ class Source:
         """Ask this source alone to stop (the pipeline keeps running)."""
         self.removed.set()
 
+    @property
+    def offline(self) -> bool:
+        """True for a finite source read as fast as the model takes it, losing nothing."""
+        b = self.buffer
+        return (
+            not self.live
+            and not getattr(self, "realtime", False)
+            and b.policy is Policy.BLOCK
+            and not b.max_staleness_ns
+        )
+
     def _main(self) -> None:
+        if self.low_priority:
+            lower_this_thread()
         try:
             if not self.live:
                 self._set_state(SourceState.RUNNING)
