@@ -5,9 +5,10 @@ stop, frames already buffered are still inferred (for at most ``drain_timeout_s`
 receives what was produced and closes its files. A second, internal *abort* event cuts the drain
 short. Every wait in every thread has a timeout and watches those events; no thread is a daemon.
 
-The worker is two threads so decoding-side work overlaps the forward pass: *prep* forms a batch
-and converts it into a tensor, *infer* runs the network and post-processing while the next batch
-is being prepared.
+The worker is three threads so the forward pass never waits for the work around it: *prep*
+forms a batch and converts it into a tensor, *infer* runs the network, *post* turns the outputs
+into results and hands them to the sinks while the next batch runs (a segmentation mask at 720p
+is ~20 core-ms per frame: on the infer thread it added straight to every batch's time).
 
 Sources can be added and removed while the pipeline runs (:meth:`Pipeline.add_source`,
 :meth:`Pipeline.remove_source`); with ``persistent`` the pipeline keeps running when it has no
@@ -15,7 +16,7 @@ source left, waiting for the next one (a service driven over the control channel
 source's state changes reach every sink at once (:meth:`Sink.status`), never queued behind results.
 
 Intra-op threads are set per worker thread: *infer* keeps torch's count (the model needs every
-core), *prep* uses ``prep_threads`` (1 by default). With torch's OpenMP backend the count is a
+core), *prep* and *post* use ``prep_threads`` (1 by default). With torch's OpenMP backend the count is a
 per-thread setting that each thread takes from a global default the first time it uses torch;
 two OpenMP teams on the same cores made the forward pass ~5 % slower on 2 cores. The global
 default is restored once both workers have taken theirs.
@@ -56,6 +57,7 @@ _END = object()
 # model is free: waiting in this queue is invisible to the staleness budget and adds whole forward
 # passes of latency (measured: p50 capture-to-publish ~4.5 forward passes with 2, see benchmarks).
 _READ_AHEAD = 2
+_POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outputs can be large)
 # How early before the model should be free a live batch is formed: twice the preprocessing
 # time, plus this share of the model's busy time (its jitter), plus a margin. Measured
 # (benchmarks/live.py, 3 x 25 fps RTSP against resnet18, paired runs): 0.4 kept the results/s of
@@ -129,6 +131,7 @@ class Pipeline:
         self.status: dict[str, StatusEvent] = {}  # latest state change per source
         self._sink_runners = [SinkRunner(s, self.abort, capacity=sink_queue) for s in sinks]
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=_READ_AHEAD)
+        self._outputs: queue.Queue[Any] = queue.Queue(maxsize=_POST_QUEUE)  # forward outputs for post
         self._taken = threading.Condition()  # notified each time infer takes a prepared batch
         # live pipelines form a batch just in time: when the running one should be nearly done
         self._busy_until = 0.0  # monotonic time the model should finish the batch it took
@@ -142,6 +145,8 @@ class Pipeline:
         self._infer_threads = torch.get_num_threads()
         self._infer_ready = threading.Event()
         self._prep_ready = threading.Event()
+        self._post_ready = threading.Event()
+        self._outputs_closed = False  # set by infer when it ends: post may end once the queue is empty
         self.thread_counts: dict[str, int] = {}  # intra-op threads each worker really got
         self._stop_requested_at: float | None = None
         self.error: BaseException | None = None
@@ -182,10 +187,11 @@ class Pipeline:
         self._threads = [
             threading.Thread(target=self._guard, args=(self._prep_loop,), name="worker-prep"),
             threading.Thread(target=self._guard, args=(self._infer_loop,), name="worker-infer"),
+            threading.Thread(target=self._guard, args=(self._post_loop,), name="worker-post"),
         ]
         for t in self._threads:
             t.start()
-        if self._prep_ready.wait(5.0):
+        if self._post_ready.wait(5.0):
             torch.set_num_threads(self._infer_threads)  # the global default, for threads started later
         self.started_at = time.monotonic()
         for s in self.sources:
@@ -345,14 +351,22 @@ class Pipeline:
             t = self._stop_requested_at = time.monotonic()
         return t is not None and time.monotonic() - t > self.drain_timeout_s
 
-    def _put(self, item: Any) -> bool:
+    def _put(self, item: Any, to: queue.Queue[Any] | None = None) -> bool:
+        q = self._prepared if to is None else to
         while not self.abort.is_set():
             try:
-                self._prepared.put(item, timeout=_POLL_S)
+                q.put(item, timeout=_POLL_S)
                 return True
             except queue.Full:
                 continue
         return False
+
+    def _await_ready(self, ready: threading.Event) -> bool:
+        """Wait until another worker has taken its thread count; False on abort."""
+        while not ready.wait(_POLL_S):
+            if self.abort.is_set():
+                return False
+        return True
 
     def _take_threads(self, name: str, count: int) -> None:
         torch.get_num_threads()  # first use in this thread: it takes the global default now
@@ -362,9 +376,8 @@ class Pipeline:
     def _prep_loop(self) -> None:
         ended: set[str] = set()
         halt = threading.Event()
-        while not self._infer_ready.wait(_POLL_S):  # infer must take its count first
-            if self.abort.is_set():
-                return
+        if not self._await_ready(self._infer_ready):  # infer must take its count first
+            return
         self._take_threads("prep", self.prep_threads)
         if self._low_support:
             lower_this_thread()
@@ -456,15 +469,41 @@ class Pipeline:
                     self._busy_until = taken + self._busy_s.value
                 with self._taken:
                     self._taken.notify()
+                if item is _END or isinstance(item, EndOfStream):  # to post, in order with the batches
+                    if not self._put(item, self._outputs) or item is _END:
+                        return
+                    continue
+                forwarded = self._forward(*item)
+                self._busy_s.add(time.monotonic() - taken)
+                if not self._put(forwarded, self._outputs):
+                    return
+        finally:
+            self._outputs_closed = True
+
+    def _post_loop(self) -> None:
+        try:
+            if not self._await_ready(self._prep_ready):  # after prep: it sets the global default this takes
+                return
+            self._take_threads("post", self.prep_threads)
+            if self._low_support:
+                lower_this_thread()
+            self._post_ready.set()
+            while True:
+                try:
+                    item = self._outputs.get(timeout=_POLL_S)
+                except queue.Empty:
+                    # infer puts nothing more once it has closed (a batch put just after this
+                    # get timed out is still there)
+                    if self.abort.is_set() or (self._outputs_closed and self._outputs.empty()):
+                        return
+                    continue
                 if item is _END:
                     return
                 if isinstance(item, EndOfStream):
                     item.frames = self.frames_out[item.source_id]
                     self._emit(item)
                     continue
-                batch, x, formed_ns, prep_ms, ready_ns = item
-                self._emit(self._infer(batch, x, formed_ns, prep_ms, ready_ns))
-                self._busy_s.add(time.monotonic() - taken)
+                self._emit(self._finish(*item))
         finally:
             self.ended_at = time.monotonic()
             self._done.set()
@@ -474,15 +513,19 @@ class Pipeline:
         x = self.runner.preprocess([f.image for f in batch])
         return x, (time.perf_counter() - t0) * 1e3
 
-    def _infer(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float, ready_ns: int) -> list[Result]:
+    def _forward(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float, ready_ns: int) -> tuple:
         wait_ms = (time.monotonic_ns() - ready_ns) / 1e6
         t0 = time.perf_counter()
         outputs = self.runner.forward(x)
         self.runner.synchronize()
+        return batch, outputs, formed_ns, prep_ms, wait_ms, (time.perf_counter() - t0) * 1e3
+
+    def _finish(
+        self, batch: list[Frame], outputs: Any, formed_ns: int, prep_ms: float, wait_ms: float, infer_ms: float
+    ) -> list[Result]:
         t1 = time.perf_counter()
         predictions = self.postprocess(outputs, [(f.height, f.width) for f in batch])
-        t2 = time.perf_counter()
-        infer_ms, post_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        post_ms = (time.perf_counter() - t1) * 1e3
         done_ns = time.monotonic_ns()
         n = len(batch)
         results = []

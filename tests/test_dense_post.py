@@ -99,6 +99,29 @@ def test_banded_upsampling_equals_one_interpolate(monkeypatch):
     assert agree >= 0.9999  # float summation order may flip a near-tie
 
 
+@pytest.mark.parametrize(
+    "classes, logits_hw, frame_hw",
+    [(4, (64, 64), (1080, 1920)), (21, (32, 48), (250, 333)), (3, (64, 64), (40, 50)), (300, (8, 8), (30, 20))],
+)
+def test_settled_cells_are_copied_and_borders_blended_exactly(classes, logits_hw, frame_hw):
+    """The border-only path equals a full upsample + argmax: smooth blobs (a real mask's shape, few
+    borders) and plateaus of exact ties (argmax's first index must win), up- and downsampling."""
+    g = torch.Generator().manual_seed(classes)
+    logits = F.interpolate(torch.randn(1, classes, 6, 6, generator=g), size=logits_hw, mode="bilinear")[0]
+    logits[:, : logits_hw[0] // 4] = 0.0  # a band of exact ties between every class
+    geo = plan(*frame_hw, PreprocessSpec(logits_hw, "squash"))
+    mask = seg.logits_to_mask(logits, geo, logits_hw, frame_hw)
+    ref = F.interpolate(logits[None], size=frame_hw, mode="bilinear", align_corners=False)[0].argmax(0)
+    assert mask.dtype == (torch.uint8 if classes <= 256 else torch.long)
+    assert (mask.long() == ref).float().mean().item() >= 0.9999  # float order may flip a near-tie
+    assert torch.equal(mask[: frame_hw[0] // 8].long(), ref[: frame_hw[0] // 8])  # the tie band: class 0
+
+
+def test_one_class_masks_are_all_that_class():
+    geo = plan(30, 40, PreprocessSpec((16, 16), "squash"))
+    assert not seg.logits_to_mask(torch.randn(1, 16, 16), geo, (16, 16), (30, 40)).any()
+
+
 def test_letterboxed_mask_ignores_the_padding():
     # logits say class 1 inside the frame's footprint, class 2 in the padding
     geo = plan(100, 200, PreprocessSpec((64, 64), "letterbox"))  # frame rows 16..48 of the input

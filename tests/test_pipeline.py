@@ -66,8 +66,8 @@ def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
         "error": None,
     }
     assert summary["batch_size_mean"] > 1  # the buffer of 4 fills while the model works: batches form
-    # the model keeps torch's threads, preprocessing gets one, the global default is restored
-    assert summary["torch_threads"] == {"infer": torch.get_num_threads(), "prep": 1}
+    # the model keeps torch's threads, preprocessing and post-processing get one each, the global default is restored
+    assert summary["torch_threads"] == {"infer": torch.get_num_threads(), "prep": 1, "post": 1}
     seen: list[int] = []
     t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # a thread started later
     t.start()
