@@ -70,15 +70,16 @@ class Batcher:
             return False
         return all(b.exhausted for b in self.buffers)
 
-    def _take(self, batch: list[Frame], taken: dict[int, int], buffers: list[RingBuffer]) -> None:
+    def _take(self, batch: list[Frame], taken: dict[int, int], buffers: list[RingBuffer], limit: int = 0) -> None:
         # Every source gets its share first; if the batch is still short and no source under its
         # share has a frame, sources over it fill the rest. The share protects sources with frames
         # waiting, it must not leave the model half-used (one 25-fps camera with a share of 2 would
         # cap the engine at 2 frames per forward pass and drop frames it had time for).
         n = len(buffers)
+        limit = limit or self.policy.max_batch
         for capped in (True, False):
             progress = True
-            while progress and len(batch) < self.policy.max_batch:
+            while progress and len(batch) < limit:
                 progress = False
                 for k in range(n):
                     i = (self._start + k) % n
@@ -90,8 +91,27 @@ class Batcher:
                         batch.extend(got)
                         taken[i] = taken.get(i, 0) + 1
                         progress = True
-                    if len(batch) >= self.policy.max_batch:
+                    if len(batch) >= limit:
                         return
+
+    def can_top_up(self) -> bool:
+        """True when some source may add frames to a formed batch (see :meth:`top_up`)."""
+        return any(not b.max_staleness_ns for b in self.buffers)
+
+    def top_up(self, limit: int, timeout: float) -> list[Frame]:
+        """Up to ``limit`` frames waiting now, after at most ``timeout`` s for the first; ``[]`` if none.
+
+        For a batch that is formed but not yet taken by the model: frames that arrive meanwhile join
+        it instead of waiting a whole forward pass for the next one. Sources with a staleness budget
+        are left out: their frames must be checked when the batch is about to run, not earlier.
+        """
+        buffers = [b for b in self.buffers if not b.max_staleness_ns]
+        with self.bell:
+            if not any(len(b) for b in buffers):
+                self.bell.wait(timeout)
+        extra: list[Frame] = []
+        self._take(extra, {}, buffers, limit)
+        return extra
 
     def next_batch(self, halt: threading.Event) -> list[Frame] | None:
         """The next batch; ``[]`` when nothing came within 0.1 s, ``None`` when all sources are done.

@@ -79,6 +79,28 @@ class _Ewma:
         self.value = x if self.value == 0.0 else self.value + self.alpha * (x - self.value)
 
 
+class _Pending:
+    """A preprocessed batch on its way to the model; live batches grow until the model takes them."""
+
+    __slots__ = ("frames", "x", "formed", "prep_ms", "ready", "taken", "lock")
+
+    def __init__(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float):
+        self.frames = list(frames)
+        self.x = [x]  # concatenated once, when the model takes the batch
+        self.formed = [formed_ns] * len(frames)  # when each frame left its ring buffer
+        self.prep_ms = prep_ms
+        self.ready = [time.monotonic_ns()] * len(frames)  # when each frame was preprocessed
+        self.taken = False
+        self.lock = threading.Lock()
+
+    def join(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> None:
+        self.frames.extend(frames)
+        self.x.append(x)
+        self.formed.extend([formed_ns] * len(frames))
+        self.ready.extend([time.monotonic_ns()] * len(frames))
+        self.prep_ms += prep_ms
+
+
 class Pipeline:
     """Runs ``sources`` through ``runner`` into ``sinks``.
 
@@ -396,7 +418,10 @@ class Pipeline:
                     formed_ns = time.monotonic_ns()
                     x, prep_ms = self._preprocess(batch)
                     self._prep_s.add((time.monotonic_ns() - formed_ns) / 1e9)
-                    if not self._put((batch, x, formed_ns, prep_ms, time.monotonic_ns())):
+                    pending = _Pending(batch, x, formed_ns, prep_ms)
+                    if not self._put(pending):
+                        return
+                    if not self._read_ahead() and not self._top_up(pending, halt):
                         return
                 self._announce_ends(ended)
                 self._retire(ended)
@@ -404,6 +429,36 @@ class Pipeline:
             self._discard_leftovers()
             self._announce_ends(ended, final=True)
             self._put(_END)
+
+    def _top_up(self, pending: _Pending, halt: threading.Event) -> bool:
+        """Live: until the model takes ``pending``, frames that arrive join it (False on abort).
+
+        A batch is formed a little before the model should be free (:meth:`_await_turn`); without
+        this, a frame arriving in that lead waited a whole extra forward pass. If the model takes
+        the batch while newcomers are being preprocessed, they become the next batch, topped up in
+        turn. Returns once the current batch is taken or full, or the run stops.
+        """
+        limit = self.policy.max_batch
+        if not self.batcher.can_top_up():
+            return True
+        while not self.abort.is_set() and not self.stop_event.is_set() and not halt.is_set():
+            with pending.lock:
+                if pending.taken or len(pending.frames) >= limit:
+                    return True
+                room = limit - len(pending.frames)
+            extra = self.batcher.top_up(room, _POLL_S)
+            if not extra:
+                continue
+            joined_ns = time.monotonic_ns()
+            x, prep_ms = self._preprocess(extra)
+            with pending.lock:
+                if not pending.taken:
+                    pending.join(extra, x, joined_ns, prep_ms)
+                    continue
+            pending = _Pending(extra, x, joined_ns, prep_ms)  # missed it: the next batch
+            if not self._put(pending):
+                return False
+        return True
 
     def _read_ahead(self) -> int:
         live = any(s.buffer.policy is Policy.LATEST or s.buffer.max_staleness_ns for s in self.sources)
@@ -465,15 +520,19 @@ class Pipeline:
                         return
                     continue
                 taken = time.monotonic()
-                if isinstance(item, tuple):
+                if isinstance(item, _Pending):
                     self._busy_until = taken + self._busy_s.value
+                    with item.lock:
+                        item.taken = True
+                    with self.bell:  # a top-up waiting for frames learns at once that it is too late
+                        self.bell.notify_all()
                 with self._taken:
                     self._taken.notify()
                 if item is _END or isinstance(item, EndOfStream):  # to post, in order with the batches
                     if not self._put(item, self._outputs) or item is _END:
                         return
                     continue
-                forwarded = self._forward(*item)
+                forwarded = self._forward(item)
                 self._busy_s.add(time.monotonic() - taken)
                 if not self._put(forwarded, self._outputs):
                     return
@@ -513,15 +572,23 @@ class Pipeline:
         x = self.runner.preprocess([f.image for f in batch])
         return x, (time.perf_counter() - t0) * 1e3
 
-    def _forward(self, batch: list[Frame], x: Any, formed_ns: int, prep_ms: float, ready_ns: int) -> tuple:
-        wait_ms = (time.monotonic_ns() - ready_ns) / 1e6
+    def _forward(self, p: _Pending) -> tuple:
+        now = time.monotonic_ns()
+        waits = [(now - r) / 1e6 for r in p.ready]
+        x = p.x[0] if len(p.x) == 1 else torch.cat(p.x)
         t0 = time.perf_counter()
         outputs = self.runner.forward(x)
         self.runner.synchronize()
-        return batch, outputs, formed_ns, prep_ms, wait_ms, (time.perf_counter() - t0) * 1e3
+        return p.frames, outputs, p.formed, p.prep_ms, waits, (time.perf_counter() - t0) * 1e3
 
     def _finish(
-        self, batch: list[Frame], outputs: Any, formed_ns: int, prep_ms: float, wait_ms: float, infer_ms: float
+        self,
+        batch: list[Frame],
+        outputs: Any,
+        formed: list[int],
+        prep_ms: float,
+        waits: list[float],
+        infer_ms: float,
     ) -> list[Result]:
         t1 = time.perf_counter()
         predictions = self.postprocess(outputs, [(f.height, f.width) for f in batch])
@@ -529,7 +596,7 @@ class Pipeline:
         done_ns = time.monotonic_ns()
         n = len(batch)
         results = []
-        for frame, preds in zip(batch, predictions):
+        for frame, preds, formed_ns, wait_ms in zip(batch, predictions, formed, waits, strict=True):
             timings = {
                 "decode": frame.decode_ms,
                 "queue": (formed_ns - frame.enqueued_ns) / 1e6,
@@ -552,8 +619,8 @@ class Pipeline:
             )
             self.stages["decode"].add(frame.decode_ms)
             self.stages["queue"].add(timings["queue"])
+            self.stages["wait"].add(wait_ms)
             self.frames_out[frame.source_id] += 1
-        self.stages["wait"].add(wait_ms, n)
         for name, ms in (("preprocess", prep_ms), ("infer", infer_ms), ("post", post_ms)):
             self.stages[name].add(ms / n, n)  # per-frame share of the batch's time
         self.batch_sizes.add(n)

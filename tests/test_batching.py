@@ -103,3 +103,36 @@ def test_idle_returns_empty_list_quickly():
     t0 = time.monotonic()
     assert b.next_batch(threading.Event()) == []
     assert time.monotonic() - t0 < 1
+
+
+def test_top_up_takes_what_arrived_up_to_the_room_left():
+    bufs, bell = make(2)
+    fill(bufs[0], "a", 5)
+    fill(bufs[1], "b", 1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=10))
+    extra = b.top_up(limit=3, timeout=1.0)
+    assert [(f.source_id, f.index) for f in extra] == [("a", 0), ("b", 0), ("a", 1)]  # interleaved, 3 at most
+    assert len(bufs[0]) == 3
+
+
+def test_top_up_waits_for_a_frame_then_gives_up():
+    bufs, bell = make(1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8))
+    threading.Timer(0.05, fill, (bufs[0], "a", 1)).start()
+    t0 = time.monotonic()
+    assert [f.index for f in b.top_up(limit=8, timeout=5.0)] == [0]  # woken by the frame, not the timeout
+    assert time.monotonic() - t0 < 2.5
+    assert b.top_up(limit=8, timeout=0.05) == []
+
+
+def test_top_up_leaves_sources_with_a_staleness_budget_alone():
+    bell = threading.Condition()
+    budget = RingBuffer(8, "latest", bell, max_staleness_ms=500)
+    plain = RingBuffer(8, "latest", bell)
+    fill(budget, "s", 2)
+    b = Batcher([budget], bell, BatchPolicy(max_batch=8))
+    assert not b.can_top_up() and b.top_up(limit=8, timeout=0.01) == [] and len(budget) == 2
+    fill(plain, "p", 2)
+    b.set_buffers([budget, plain])
+    assert b.can_top_up()
+    assert [f.source_id for f in b.top_up(limit=8, timeout=0.01)] == ["p", "p"]
