@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .frame import Frame
@@ -20,6 +21,7 @@ from .ringbuffer import RingBuffer
 __all__ = ["Batcher", "BatchPolicy"]
 
 _POLL_S = 0.1
+_LINGER_POLL_S = 0.005  # past the deadline, how often ``linger`` is asked again
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +115,12 @@ class Batcher:
         self._take(extra, {}, buffers, limit)
         return extra
 
-    def next_batch(self, halt: threading.Event) -> list[Frame] | None:
+    def next_batch(self, halt: threading.Event, linger: Callable[[], bool] | None = None) -> list[Frame] | None:
         """The next batch; ``[]`` when nothing came within 0.1 s, ``None`` when all sources are done.
 
-        Returns early (possibly ``None``) once ``halt`` is set.
+        Returns early (possibly ``None``) once ``halt`` is set. While ``linger()`` is true a short
+        batch keeps waiting past ``max_wait_ms`` (the model has other work queued, so waiting for
+        a full batch costs nothing; a short one would cost a less efficient forward pass).
         """
         with self.bell:
             if not self._available():
@@ -135,8 +139,12 @@ class Batcher:
         while len(batch) < self.policy.max_batch and not halt.is_set():
             open_ = [b for b in buffers if not b.exhausted]
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
-            if remaining <= 0 or not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
-                break  # deadline passed, or waiting cannot add a frame
+            if not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
+                break  # waiting cannot add a frame
+            if remaining <= 0:
+                if linger is None or not linger():
+                    break  # deadline passed
+                remaining = _LINGER_POLL_S
             with self.bell:
                 if not any(len(b) for b in open_):
                     self.bell.wait(min(remaining, _POLL_S))

@@ -411,7 +411,7 @@ class Pipeline:
                     break
                 if not self._await_turn():
                     return
-                batch = self.batcher.next_batch(halt)
+                batch = self.batcher.next_batch(halt, self._model_has_work)
                 if batch is None:
                     break
                 if batch:
@@ -459,6 +459,10 @@ class Pipeline:
             if not self._put(pending):
                 return False
         return True
+
+    def _model_has_work(self) -> bool:
+        """Files: a prepared batch waits for the model, so the batch being formed may wait to fill."""
+        return not self.abort.is_set() and self._read_ahead() > 0 and self._prepared.qsize() > 0
 
     def _read_ahead(self) -> int:
         live = any(s.buffer.policy is Policy.LATEST or s.buffer.max_staleness_ns for s in self.sources)

@@ -8,8 +8,8 @@ support work costs the model about twice what it costs the CPU. Run at the lowes
 between batches) and still gets a share when it must.
 
 Measured (benchmarks, resnet18@224 on 720p H.264, batch 8, 2 cores, 8 paired runs in one
-process): engine 27.8 -> 30.1 fps on average, faster in 7 of 8 pairs; see the issue-6 note in
-benchmarks/RESULTS.md for the suite's figures.
+process): engine 27.8 -> 30.1 fps on average, faster in 7 of 8 pairs (15 of 18 pairs over all
+such runs); see "What the figures led to" in benchmarks/README.md.
 
 Only where nothing is waiting in real time: files read at full speed (``block``). A live capture
 thread at low priority could fall behind its camera while the model is busy, so live sources and

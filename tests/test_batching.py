@@ -136,3 +136,19 @@ def test_top_up_leaves_sources_with_a_staleness_budget_alone():
     b.set_buffers([budget, plain])
     assert b.can_top_up()
     assert [f.source_id for f in b.top_up(limit=8, timeout=0.01)] == ["p", "p"]
+
+
+def test_a_short_batch_lingers_past_the_deadline_while_the_model_has_work():
+    bufs, bell = make(1)
+    fill(bufs[0], "a", 3)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=10))
+    busy = threading.Event()
+    busy.set()
+    threading.Timer(0.2, fill, (bufs[0], "a", 5, 3)).start()  # the decoder catches up later
+    batch = b.next_batch(threading.Event(), linger=busy.is_set)
+    assert [f.index for f in batch] == list(range(8))  # full, not the 3 there at the deadline
+    fill(bufs[0], "a", 2, 8)
+    threading.Timer(0.2, busy.clear).start()  # the model runs out of work: the short batch goes
+    t0 = time.monotonic()
+    batch = b.next_batch(threading.Event(), linger=busy.is_set)
+    assert [f.index for f in batch] == [8, 9] and time.monotonic() - t0 < 2.0
