@@ -5,21 +5,13 @@ stop, frames already buffered are still inferred (for at most ``drain_timeout_s`
 receives what was produced and closes its files. A second, internal *abort* event cuts the drain
 short. Every wait in every thread has a timeout and watches those events; no thread is a daemon.
 
-The worker is three threads so the forward pass never waits for the work around it: *prep*
-forms a batch and converts it into a tensor, *infer* runs the network, *post* turns the outputs
-into results and hands them to the sinks while the next batch runs (a segmentation mask at 720p
-is ~20 core-ms per frame: on the infer thread it added straight to every batch's time).
+The batching worker (three threads: prep, infer, post) is :class:`~autotimm_stream.worker.Worker`,
+whose loops the pipeline inherits.
 
 Sources can be added and removed while the pipeline runs (:meth:`Pipeline.add_source`,
 :meth:`Pipeline.remove_source`); with ``persistent`` the pipeline keeps running when it has no
 source left, waiting for the next one (a service driven over the control channel). Each
 source's state changes reach every sink at once (:meth:`Sink.status`), never queued behind results.
-
-Intra-op threads are set per worker thread: *infer* keeps torch's count (the model needs every
-core), *prep* and *post* use ``prep_threads`` (1 by default). With torch's OpenMP backend the count is a
-per-thread setting that each thread takes from a global default the first time it uses torch;
-two OpenMP teams on the same cores made the forward pass ~5 % slower on 2 cores. The global
-default is restored once both workers have taken theirs.
 """
 
 from __future__ import annotations
@@ -36,72 +28,21 @@ import torch
 
 from .batching import Batcher, BatchPolicy
 from .errors import ConfigError
-from .frame import STAGES, Frame, Result
+from .frame import STAGES
 from .postprocess import Postprocessor
-from .priority import PRIORITIES, lower_this_thread
-from .ringbuffer import Policy
+from .priority import PRIORITIES
 from .runtime.runner import ModelRunner
-from .sinks.base import EndOfStream, Sink, SinkRunner
+from .sinks.base import Sink, SinkRunner
 from .sources.base import Source, StatusEvent
 from .stats import StageStats
+from .worker import _POST_QUEUE, _READ_AHEAD, Worker, _Ewma
 
 __all__ = ["Pipeline"]
 
 _logger = logging.getLogger(__name__)
-_POLL_S = 0.1
-_SINK_GRACE_S = 2.0  # after the drain time, how long a sink that accepts nothing may hold a stop
-_END = object()
-# Prepared batches that may wait for the model. Files (``block``): 2, so preprocessing jitter
-# never idles the model. Live sources (``latest`` or a staleness budget): none beyond the one being
-# preprocessed while the model runs, so a batch is formed from the freshest frames just before the
-# model is free: waiting in this queue is invisible to the staleness budget and adds whole forward
-# passes of latency (measured: p50 capture-to-publish ~4.5 forward passes with 2, see benchmarks).
-_READ_AHEAD = 2
-_POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outputs can be large)
-# How early before the model should be free a live batch is formed: twice the preprocessing
-# time, plus this share of the model's busy time (its jitter), plus a margin. Measured
-# (benchmarks/live.py, 3 x 25 fps RTSP against resnet18, paired runs): 0.4 kept the results/s of
-# forming at once (684/660 vs 642/640) and cut p50 latency 580 -> 450 ms; 0.0 cut it to ~410 ms
-# but cost ~13 % of the results.
-_JIT_LEAD = 0.4
-_JIT_MARGIN_S = 0.005
-_MAX_JIT_WAIT_S = 1.0
 
 
-class _Ewma:
-    """Exponentially weighted mean of recent durations (seconds); 0 until the first sample."""
-
-    def __init__(self, alpha: float = 0.2):
-        self.alpha = alpha
-        self.value = 0.0
-
-    def add(self, x: float) -> None:
-        self.value = x if self.value == 0.0 else self.value + self.alpha * (x - self.value)
-
-
-class _Pending:
-    """A preprocessed batch on its way to the model; live batches grow until the model takes them."""
-
-    __slots__ = ("frames", "x", "formed", "prep_ms", "ready", "taken", "lock")
-
-    def __init__(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float):
-        self.frames = list(frames)
-        self.x = [x]  # concatenated once, when the model takes the batch
-        self.formed = [formed_ns] * len(frames)  # when each frame left its ring buffer
-        self.prep_ms = prep_ms
-        self.ready = [time.monotonic_ns()] * len(frames)  # when each frame was preprocessed
-        self.taken = False
-        self.lock = threading.Lock()
-
-    def join(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> None:
-        self.frames.extend(frames)
-        self.x.append(x)
-        self.formed.extend([formed_ns] * len(frames))
-        self.ready.extend([time.monotonic_ns()] * len(frames))
-        self.prep_ms += prep_ms
-
-
-class Pipeline:
+class Pipeline(Worker):
     """Runs ``sources`` through ``runner`` into ``sinks``.
 
     Use :meth:`run` for a blocking run, or :meth:`start` / :meth:`stop` / :meth:`wait` /
@@ -355,294 +296,6 @@ class Pipeline:
         errors = [s.error for s in self.sources if s.error is not None]
         if errors and self.error is None:
             self.error = errors[0]
-
-    # -- worker ---------------------------------------------------------------------------------
-    def _guard(self, loop: Callable[[], None]) -> None:
-        try:
-            loop()
-        except BaseException as exc:
-            _logger.exception("worker failed")
-            if self.error is None:
-                self.error = exc
-            self.kill()
-            self._done.set()
-
-    def _draining_too_long(self) -> bool:
-        t = self._stop_requested_at
-        if t is None and self.stop_event.is_set():
-            t = self._stop_requested_at = time.monotonic()
-        return t is not None and time.monotonic() - t > self.drain_timeout_s
-
-    def _put(self, item: Any, to: queue.Queue[Any] | None = None) -> bool:
-        q = self._prepared if to is None else to
-        while not self.abort.is_set():
-            try:
-                q.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _await_ready(self, ready: threading.Event) -> bool:
-        """Wait until another worker has taken its thread count; False on abort."""
-        while not ready.wait(_POLL_S):
-            if self.abort.is_set():
-                return False
-        return True
-
-    def _take_threads(self, name: str, count: int) -> None:
-        torch.get_num_threads()  # first use in this thread: it takes the global default now
-        torch.set_num_threads(count)  # then its own count (also the new global default)
-        self.thread_counts[name] = torch.get_num_threads()
-
-    def _prep_loop(self) -> None:
-        ended: set[str] = set()
-        halt = threading.Event()
-        if not self._await_ready(self._infer_ready):  # infer must take its count first
-            return
-        self._take_threads("prep", self.prep_threads)
-        if self._low_support:
-            lower_this_thread()
-        self._prep_ready.set()
-        try:
-            while not self.abort.is_set():
-                if self._draining_too_long():
-                    halt.set()
-                    break
-                if not self._await_turn():
-                    return
-                batch = self.batcher.next_batch(halt, self._model_has_work)
-                if batch is None:
-                    break
-                if batch:
-                    formed_ns = time.monotonic_ns()
-                    x, prep_ms = self._preprocess(batch)
-                    self._prep_s.add((time.monotonic_ns() - formed_ns) / 1e9)
-                    pending = _Pending(batch, x, formed_ns, prep_ms)
-                    if not self._put(pending):
-                        return
-                    if not self._read_ahead() and not self._top_up(pending, halt):
-                        return
-                self._announce_ends(ended)
-                self._retire(ended)
-        finally:
-            self._discard_leftovers()
-            self._announce_ends(ended, final=True)
-            self._put(_END)
-
-    def _top_up(self, pending: _Pending, halt: threading.Event) -> bool:
-        """Live: until the model takes ``pending``, frames that arrive join it (False on abort).
-
-        A batch is formed a little before the model should be free (:meth:`_await_turn`); without
-        this, a frame arriving in that lead waited a whole extra forward pass. If the model takes
-        the batch while newcomers are being preprocessed, they become the next batch, topped up in
-        turn. Returns once the current batch is taken or full, or the run stops.
-        """
-        limit = self.policy.max_batch
-        if not self.batcher.can_top_up():
-            return True
-        while not self.abort.is_set() and not self.stop_event.is_set() and not halt.is_set():
-            with pending.lock:
-                if pending.taken or len(pending.frames) >= limit:
-                    return True
-                room = limit - len(pending.frames)
-            extra = self.batcher.top_up(room, _POLL_S)
-            if not extra:
-                continue
-            joined_ns = time.monotonic_ns()
-            x, prep_ms = self._preprocess(extra)
-            with pending.lock:
-                if not pending.taken:
-                    pending.join(extra, x, joined_ns, prep_ms)
-                    continue
-            pending = _Pending(extra, x, joined_ns, prep_ms)  # missed it: the next batch
-            if not self._put(pending):
-                return False
-        return True
-
-    def _model_has_work(self) -> bool:
-        """Files: a prepared batch waits for the model, so the batch being formed may wait to fill."""
-        return not self.abort.is_set() and self._read_ahead() > 0 and self._prepared.qsize() > 0
-
-    def _read_ahead(self) -> int:
-        live = any(s.buffer.policy is Policy.LATEST or s.buffer.max_staleness_ns for s in self.sources)
-        return 0 if live else _READ_AHEAD
-
-    def _await_turn(self) -> bool:
-        """Wait until the next batch should be formed; False on abort.
-
-        Files: as soon as fewer than :data:`_READ_AHEAD` prepared batches wait. Live: once the
-        model has taken the last prepared batch, and then until shortly before it should be done
-        with it (see :data:`_JIT_LEAD`), so the batch holds fresher frames and waits less.
-        """
-        limit = self._read_ahead()
-        with self._taken:
-            while self._prepared.qsize() > limit:
-                if self.abort.is_set():
-                    return False
-                self._taken.wait(_POLL_S)
-        if limit:
-            return True
-        lead = 2 * self._prep_s.value + _JIT_LEAD * self._busy_s.value + _JIT_MARGIN_S
-        start_at = self._busy_until - lead
-        while not self.stop_event.is_set():
-            delay = min(start_at - time.monotonic(), _MAX_JIT_WAIT_S)
-            if delay <= 0:
-                break
-            if self.abort.wait(min(delay, _POLL_S)):
-                return False
-        return True
-
-    def _announce_ends(self, ended: set[str], final: bool = False) -> None:
-        for s in self.sources:
-            if s.source_id not in ended and (s.buffer.exhausted or final):
-                ended.add(s.source_id)
-                if s.error:
-                    reason = "error"
-                elif s.removed.is_set():
-                    reason = "removed"
-                else:
-                    reason = "stopped" if self.stop_event.is_set() else "end"
-                self._put(EndOfStream(s.source_id, 0, reason, dict(s.buffer.drops)))
-
-    def _discard_leftovers(self) -> None:
-        for s in self.sources:
-            left = len(s.buffer.pop(s.buffer.capacity))
-            if left:
-                s.buffer.drop("shutdown", left)
-                _logger.warning("source %s: %d buffered frames dropped at shutdown", s.source_id, left)
-
-    def _infer_loop(self) -> None:
-        self._take_threads("infer", self._infer_threads)
-        self._infer_ready.set()
-        try:
-            while True:
-                try:
-                    item = self._prepared.get(timeout=_POLL_S)
-                except queue.Empty:
-                    if self.abort.is_set():
-                        return
-                    continue
-                taken = time.monotonic()
-                if isinstance(item, _Pending):
-                    self._busy_until = taken + self._busy_s.value
-                    with item.lock:
-                        item.taken = True
-                    with self.bell:  # a top-up waiting for frames learns at once that it is too late
-                        self.bell.notify_all()
-                with self._taken:
-                    self._taken.notify()
-                if item is _END or isinstance(item, EndOfStream):  # to post, in order with the batches
-                    if not self._put(item, self._outputs) or item is _END:
-                        return
-                    continue
-                forwarded = self._forward(item)
-                self._busy_s.add(time.monotonic() - taken)
-                if not self._put(forwarded, self._outputs):
-                    return
-        finally:
-            self._outputs_closed = True
-
-    def _post_loop(self) -> None:
-        try:
-            if not self._await_ready(self._prep_ready):  # after prep: it sets the global default this takes
-                return
-            self._take_threads("post", self.prep_threads)
-            if self._low_support:
-                lower_this_thread()
-            self._post_ready.set()
-            while True:
-                try:
-                    item = self._outputs.get(timeout=_POLL_S)
-                except queue.Empty:
-                    # infer puts nothing more once it has closed (a batch put just after this
-                    # get timed out is still there)
-                    if self.abort.is_set() or (self._outputs_closed and self._outputs.empty()):
-                        return
-                    continue
-                if item is _END:
-                    return
-                if isinstance(item, EndOfStream):
-                    item.frames = self.frames_out[item.source_id]
-                    self._emit(item)
-                    continue
-                self._emit(self._finish(*item))
-        finally:
-            self.ended_at = time.monotonic()
-            self._done.set()
-
-    def _preprocess(self, batch: list[Frame]) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        x = self.runner.preprocess([f.image for f in batch])
-        return x, (time.perf_counter() - t0) * 1e3
-
-    def _forward(self, p: _Pending) -> tuple:
-        now = time.monotonic_ns()
-        waits = [(now - r) / 1e6 for r in p.ready]
-        x = p.x[0] if len(p.x) == 1 else torch.cat(p.x)
-        t0 = time.perf_counter()
-        outputs = self.runner.forward(x)
-        self.runner.synchronize()
-        return p.frames, outputs, p.formed, p.prep_ms, waits, (time.perf_counter() - t0) * 1e3
-
-    def _finish(
-        self,
-        batch: list[Frame],
-        outputs: Any,
-        formed: list[int],
-        prep_ms: float,
-        waits: list[float],
-        infer_ms: float,
-    ) -> list[Result]:
-        t1 = time.perf_counter()
-        predictions = self.postprocess(outputs, [(f.height, f.width) for f in batch])
-        post_ms = (time.perf_counter() - t1) * 1e3
-        done_ns = time.monotonic_ns()
-        n = len(batch)
-        results = []
-        for frame, preds, formed_ns, wait_ms in zip(batch, predictions, formed, waits, strict=True):
-            timings = {
-                "decode": frame.decode_ms,
-                "queue": (formed_ns - frame.enqueued_ns) / 1e6,
-                "preprocess": prep_ms,
-                "wait": wait_ms,
-                "infer": infer_ms,
-                "post": post_ms,
-            }
-            results.append(
-                Result(
-                    frame,
-                    self.runner.meta.task,
-                    **preds,
-                    timings=timings,
-                    batch_size=n,
-                    done_ns=done_ns,
-                    model=self.runner.meta_name,
-                    model_version=self.runner.model_version,
-                )
-            )
-            self.stages["decode"].add(frame.decode_ms)
-            self.stages["queue"].add(timings["queue"])
-            self.stages["wait"].add(wait_ms)
-            self.frames_out[frame.source_id] += 1
-        for name, ms in (("preprocess", prep_ms), ("infer", infer_ms), ("post", post_ms)):
-            self.stages[name].add(ms / n, n)  # per-frame share of the batch's time
-        self.batch_sizes.add(n)
-        return results
-
-    def _emit(self, item: list[Result] | EndOfStream) -> None:
-        for r in self._sink_runners:
-            r.submit(item, self._sinks_stuck)
-
-    def _sinks_stuck(self) -> bool:
-        """Stopping, and a sink still takes nothing well past the drain time (a PUSH socket with no
-        peer): give up on delivery so the stop is bounded."""
-        t = self._stop_requested_at
-        if t is not None and time.monotonic() - t > self.drain_timeout_s + _SINK_GRACE_S:
-            _logger.warning("a sink took nothing for %.1f s after the stop; abandoning delivery", self.drain_timeout_s)
-            self.abort.set()
-            return True
-        return False
 
     # -- reporting ------------------------------------------------------------------------------
     @property

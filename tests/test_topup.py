@@ -15,10 +15,11 @@ import torch
 
 from autotimm_stream.batching import BatchPolicy
 from autotimm_stream.frame import Frame
-from autotimm_stream.pipeline import Pipeline, _Pending
+from autotimm_stream.pipeline import Pipeline
 from autotimm_stream.ringbuffer import RingBuffer
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.sources.base import Source
+from autotimm_stream.worker import _Pending
 
 from .conftest import wait_for
 
