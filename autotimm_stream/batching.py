@@ -100,19 +100,23 @@ class Batcher:
         """True when some source may add frames to a formed batch (see :meth:`top_up`)."""
         return any(not b.max_staleness_ns for b in self.buffers)
 
-    def top_up(self, limit: int, timeout: float) -> list[Frame]:
+    def top_up(self, limit: int, timeout: float, held: dict[int, int] | None = None) -> list[Frame]:
         """Up to ``limit`` frames waiting now, after at most ``timeout`` s for the first; ``[]`` if none.
 
         For a batch that is formed but not yet taken by the model: frames that arrive meanwhile join
-        it instead of waiting a whole forward pass for the next one. Sources with a staleness budget
-        are left out: their frames must be checked when the batch is about to run, not earlier.
+        it instead of waiting a whole forward pass for the next one. ``held`` maps ``id(buffer)``
+        to the frames that buffer already has in the batch, so the per-source share still holds.
+        Sources with a staleness budget are left out: their frames must be checked when the batch
+        is about to run, not earlier.
         """
         buffers = [b for b in self.buffers if not b.max_staleness_ns]
         with self.bell:
             if not any(len(b) for b in buffers):
                 self.bell.wait(timeout)
+        held = held or {}
+        taken = {i: held[id(b)] for i, b in enumerate(buffers) if id(b) in held}
         extra: list[Frame] = []
-        self._take(extra, {}, buffers, limit)
+        self._take(extra, taken, buffers, limit)
         return extra
 
     def next_batch(self, halt: threading.Event, linger: Callable[[], bool] | None = None) -> list[Frame] | None:

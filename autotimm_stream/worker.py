@@ -230,7 +230,7 @@ class Worker:
                 if pending.taken or len(pending.frames) >= limit:
                     return True
                 room = limit - len(pending.frames)
-            extra = self.batcher.top_up(room, _POLL_S)
+            extra = self.batcher.top_up(room, _POLL_S, self._held(pending))
             if not extra:
                 continue
             joined_ns = time.monotonic_ns()
@@ -243,6 +243,11 @@ class Worker:
             if not self._put(pending):
                 return False
         return True
+
+    def _held(self, pending: _Pending) -> dict[int, int]:
+        """Frames per ring buffer (by ``id``) in ``pending``: a top-up keeps to each source's share."""
+        per_source = Counter(f.source_id for f in pending.frames)
+        return {id(s.buffer): per_source[s.source_id] for s in self.sources if s.source_id in per_source}
 
     def _model_has_work(self) -> bool:
         """Files: a prepared batch waits for the model, so the batch being formed may wait to fill."""

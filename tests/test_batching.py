@@ -152,3 +152,13 @@ def test_a_short_batch_lingers_past_the_deadline_while_the_model_has_work():
     t0 = time.monotonic()
     batch = b.next_batch(threading.Event(), linger=busy.is_set)
     assert [f.index for f in batch] == [8, 9] and time.monotonic() - t0 < 2.0
+
+
+def test_top_up_keeps_to_the_share_of_frames_already_in_the_batch():
+    bufs, bell = make(2)
+    fill(bufs[0], "a", 3)
+    fill(bufs[1], "b", 1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_frames_per_source=1))
+    # 'a' already has its one frame in the batch: 'b' goes first, then 'a' fills what is left
+    extra = b.top_up(limit=3, timeout=0.01, held={id(bufs[0]): 1})
+    assert [(f.source_id, f.index) for f in extra] == [("b", 0), ("a", 0), ("a", 1)]

@@ -81,6 +81,7 @@ def test_frames_join_until_the_model_takes_the_batch(rig):
     assert done == [True]
     push(buf, 3)  # after the model took it: waits in its buffer for the next batch
     assert [f.index for f in pending.frames] == [0, 1, 2] and len(buf) == 1
+    assert pipeline._held(pending) == {id(buf): 3}  # what the per-source share counts on the next top-up
     # the tensor the model gets is what one preprocessing call of the three frames gives
     x = torch.cat(pending.x)
     assert torch.equal(x, pipeline._preprocess([frame(i) for i in (0, 1, 2)])[0])
