@@ -70,11 +70,10 @@ def _upsampled_argmax(x: torch.Tensor, fh: int, fw: int, dtype: torch.dtype) -> 
     """
     c, h = x.shape[1], x.shape[2]
     dev = x.device
-    out = torch.empty((fh, fw), dtype=dtype, device=dev)
+    if c == 1:
+        return torch.zeros((fh, fw), dtype=dtype, device=dev)
     cols = F.interpolate(x, size=(h, fw), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)  # [h, W, C]
     best = cols.argmax(-1).to(dtype)  # first index on ties, as argmax over the full upsample
-    if c == 1:
-        return out.zero_()
     src_y = ((torch.arange(fh, device=dev, dtype=torch.float32) + 0.5) * (h / fh) - 0.5).clamp(min=0)
     y_lo = src_y.floor().long().clamp(max=h - 1)
     wy = src_y - y_lo.float()
@@ -83,7 +82,7 @@ def _upsampled_argmax(x: torch.Tensor, fh: int, fw: int, dtype: torch.dtype) -> 
     # settled[i, x]: rows i and i + 1 agree strictly at column x (the last row blends with itself)
     settled = torch.ones_like(strict)
     settled[:-1] = (best[:-1] == best[1:]) & strict[:-1] & strict[1:]
-    out.copy_(best.index_select(0, y_lo))
+    out = best.index_select(0, y_lo)  # every pixel takes its upper row's class; borders are redone below
     r0 = 0
     for i, n in enumerate(torch.bincount(y_lo, minlength=h).tolist()):  # output rows r0..r0+n blend rows i, i+1
         rows = slice(r0, r0 + n)
