@@ -2,7 +2,9 @@
 
 A batch leaves when ``max_batch`` frames are in it or ``max_wait_ms`` after its first frame
 entered its ring buffer (Triton's ``max_queue_delay``: a frame that already waited while the
-model was busy does not wait again). Sources are visited round-robin, starting one further each
+model was busy does not wait again), and at once when no source is due to deliver a frame before
+that deadline (each buffer knows its producer's pace: one 25-fps camera, 40 ms between frames,
+never makes a frame wait 20 ms for company that comes after 40). Sources are visited round-robin, starting one further each
 batch, and no source gives more than ``max_frames_per_source`` frames to one batch while another
 source has a frame waiting, so a busy stream cannot starve a quiet one, a silent stream never
 holds a batch back, and a lone busy stream still fills the batch.
@@ -145,10 +147,13 @@ class Batcher:
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
                 break  # waiting cannot add a frame
+            lingering = linger is not None and linger()
             if remaining <= 0:
-                if linger is None or not linger():
+                if not lingering:
                     break  # deadline passed
                 remaining = _LINGER_POLL_S
+            elif not lingering and not any(b.due_by(deadline_ns) for b in open_):
+                break  # no frame can come before the deadline: waiting would only add latency
             with self.bell:
                 if not any(len(b) for b in open_):
                     self.bell.wait(min(remaining, _POLL_S))

@@ -7,6 +7,10 @@
 dropped instead (counted as ``stale``), so a model slower than its streams works on recent
 frames, never on a backlog.
 
+Each buffer also keeps its producer's pace (a running mean of the gap between frames that did not
+wait for space), so the batcher can tell whether a frame is due before a batch's deadline
+(:meth:`RingBuffer.due_by`) instead of waiting for one that cannot come in time.
+
 Producers and the batching worker never wait without a timeout; every wait also watches the
 pipeline's stop event. Buffers share one :class:`threading.Condition` (the *bell*) so one worker
 can sleep until any of many sources has a frame.
@@ -26,6 +30,8 @@ from .frame import Frame
 __all__ = ["RingBuffer", "Policy"]
 
 _POLL_S = 0.1  # longest single wait; every loop re-checks the stop event at least this often
+_PACE_ALPHA = 0.2  # weight of the newest gap in the producer's pace
+_now_ns = time.monotonic_ns  # the buffer's clock (tests replace it)
 
 
 class StopFlag(Protocol):
@@ -65,6 +71,8 @@ class RingBuffer:
         self._closed = False
         self.drops: Counter[str] = Counter()  # reason -> frames dropped
         self.frames_in = 0
+        self._last_put_ns: int | None = None
+        self._pace_ns = 0.0  # mean gap between frames that did not wait for space; 0 = not known yet
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -86,6 +94,7 @@ class RingBuffer:
         seconds when given); under ``latest`` it never waits and evicts the oldest frame instead.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        waited = False
         with self._lock:
             while True:
                 if self._closed or stop.is_set():
@@ -102,7 +111,13 @@ class RingBuffer:
                     if wait <= 0:
                         return False
                 self._space.wait(wait)
-            frame.enqueued_ns = time.monotonic_ns()
+                waited = True
+            now = _now_ns()
+            if self._last_put_ns is not None and not waited:  # a producer held back by a full buffer shows no pace
+                gap = now - self._last_put_ns
+                self._pace_ns = gap if not self._pace_ns else self._pace_ns + _PACE_ALPHA * (gap - self._pace_ns)
+            self._last_put_ns = now
+            frame.enqueued_ns = now
             self._frames.append(frame)
             self.frames_in += 1
         with self.bell:
@@ -123,6 +138,22 @@ class RingBuffer:
             if len(self._frames) < before:
                 self._space.notify_all()
         return out
+
+    def due_by(self, t_ns: int) -> bool:
+        """Whether a new frame may arrive by ``t_ns`` (monotonic ns).
+
+        True when a frame is waiting, while the pace is not known yet (fewer than two frames) and
+        when the next frame is overdue; False once closed, or when the producer's pace puts its
+        next frame after ``t_ns``.
+        """
+        with self._lock:
+            if self._frames:
+                return True
+            if self._closed:
+                return False
+            if not self._pace_ns:
+                return True
+            return self._last_put_ns is None or self._last_put_ns + self._pace_ns <= t_ns
 
     def peek_enqueued_ns(self) -> int | None:
         """When the oldest waiting frame entered the buffer, or None if empty."""

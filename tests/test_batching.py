@@ -162,3 +162,33 @@ def test_top_up_keeps_to_the_share_of_frames_already_in_the_batch():
     # 'a' already has its one frame in the batch: 'b' goes first, then 'a' fills what is left
     extra = b.top_up(limit=3, timeout=0.01, held={id(bufs[0]): 1})
     assert [(f.source_id, f.index) for f in extra] == [("b", 0), ("a", 0), ("a", 1)]
+
+
+def _paced(buf: RingBuffer, source: str, gap_s: float, n: int) -> None:
+    """``n`` frames ``gap_s`` apart, taken at once (an earlier batch): the buffer learns the pace."""
+    for i in range(n):
+        if i:
+            time.sleep(gap_s)
+        fill(buf, source, 1, i)
+        buf.pop(1)
+
+
+def test_a_batch_does_not_wait_for_a_frame_that_cannot_come_before_its_deadline():
+    bufs, bell = make(1)
+    _paced(bufs[0], "a", 1.0, 2)  # 1 fps
+    fill(bufs[0], "a", 1, 2)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=800))
+    t0 = time.monotonic()
+    assert [f.index for f in b.next_batch(threading.Event())] == [2]
+    assert time.monotonic() - t0 < 0.5  # the next frame is due ~1 s after this one: no 0.8 s wait
+
+
+def test_a_batch_still_waits_for_a_frame_due_before_its_deadline():
+    bufs, bell = make(2)
+    _paced(bufs[0], "a", 1.0, 2)  # a: a frame every 1 s
+    _paced(bufs[1], "b", 0.2, 2)  # b: every 0.2 s, the next one due 0.2 s from now
+    fill(bufs[0], "a", 1, 2)
+    threading.Timer(0.15, fill, (bufs[1], "b", 1, 2)).start()
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=800))
+    batch = b.next_batch(threading.Event())
+    assert sorted((f.source_id, f.index) for f in batch) == [("a", 2), ("b", 2)]

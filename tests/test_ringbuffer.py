@@ -93,3 +93,47 @@ def test_frame_rejects_bad_images():
         Frame("s", 0, 0.0, 0, np.zeros((2, 2, 3), np.float32))
     with pytest.raises(ValueError, match="got ndarray uint8 \\(2, 2\\)"):
         Frame("s", 0, 0.0, 0, np.zeros((2, 2), np.uint8))
+
+
+def test_due_by_follows_the_producers_pace(monkeypatch):
+    import autotimm_stream.ringbuffer as rb
+
+    now = [1_000_000_000]
+    monkeypatch.setattr(rb, "_now_ns", lambda: now[0])
+    buf = RingBuffer(4, "latest")
+    stop = threading.Event()
+    buf.put(frame(0), stop)
+    buf.pop(1)
+    assert buf.due_by(now[0] + 1)  # one frame: pace unknown, a frame may come any time
+    for i in range(1, 4):
+        now[0] += 40_000_000  # 25 fps
+        buf.put(frame(i), stop)
+        buf.pop(1)
+    last = now[0]
+    assert not buf.due_by(last + 39_000_000)
+    assert buf.due_by(last + 40_000_000)
+    now[0] += 100_000_000  # the next frame is late: still due, it may come any moment
+    assert buf.due_by(now[0])
+    buf.put(frame(4), stop)  # a waiting frame is always "due"
+    assert buf.due_by(0)
+    buf.pop(1)
+    buf.close()
+    assert not buf.due_by(now[0] + 10**12)
+
+
+def test_a_producer_held_back_by_a_full_buffer_does_not_set_the_pace(monkeypatch):
+    import autotimm_stream.ringbuffer as rb
+
+    now = [0]
+    monkeypatch.setattr(rb, "_now_ns", lambda: now[0])
+    buf = RingBuffer(1, "block")
+    stop = threading.Event()
+    buf.put(frame(0), stop)
+    buf.pop(1)
+    now[0] += 2_000_000
+    buf.put(frame(1), stop)  # pace: 2 ms
+    now[0] += 500_000_000  # the next put finds the buffer full and waits for the consumer
+    threading.Timer(0.05, buf.pop, (1,)).start()
+    assert buf.put(frame(2), stop, timeout=5)
+    buf.pop(1)
+    assert buf.due_by(now[0] + 2_000_000) and not buf.due_by(now[0] + 1_000_000)  # still 2 ms
