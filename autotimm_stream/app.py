@@ -14,6 +14,7 @@ from .batching import BatchPolicy
 from .config import RunConfig, validate_source
 from .control import ControlServer
 from .errors import ConfigError, SinkError, SourceError
+from .fileio import write_bytes_atomic
 from .metrics import MetricsServer, MetricsSink
 from .pipeline import Pipeline
 from .postprocess import Postprocessor
@@ -236,8 +237,5 @@ def write_report(pipeline: Pipeline, summary: dict[str, Any], output_dir: str) -
 def write_summary(summary: dict, output_dir: str) -> str:
     """Write the run summary as ``summary.json`` in ``output_dir``; returns its path."""
     path = os.path.join(output_dir, "summary.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(summary, indent=1).encode("utf-8"))
     return path

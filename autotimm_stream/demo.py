@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import RunConfig, apply_overrides, validate_config
 from .errors import ModelError
+from .fileio import write_atomic
 from .sources.file import probe_video
 from .synthetic import write_clip
 
@@ -49,9 +50,11 @@ def _clip(out_dir: str, frames: int, dominant: bool, seed: int = DEMO_SEED) -> s
             return path
     except OSError:
         pass
-    tmp = path + ".tmp.mp4"
-    write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=seed, dominant=dominant)
-    os.replace(tmp, path)
+    write_atomic(
+        path,
+        lambda tmp: write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=seed, dominant=dominant),
+        suffix=".mp4",  # the muxer picks the container from the name
+    )
     return path
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import write_bytes_atomic
 from .frame import Result
 from .report_plots import OUTPUT_UNITS, REPORT_FILES, write_plots
 from .sinks.base import EndOfStream, Sink
@@ -290,7 +291,7 @@ class ReportSink(Sink):
                 note = "Plots skipped: matplotlib is not installed (`pip install matplotlib`)."
                 _logger.warning("report: %s", note)
         path = os.path.join(out, "report.md")
-        _atomic_write(path, self._markdown(summary, streams, samples, drops, images, note).encode("utf-8"))
+        write_bytes_atomic(path, self._markdown(summary, streams, samples, drops, images, note).encode("utf-8"))
         self.path = path
         _logger.info("report written to %s", path)
         return path
@@ -394,10 +395,3 @@ def _by_reason(summary: dict[str, Any], source_id: str, st: _Stream) -> dict[str
     if info is not None and "drops" in info:
         return dict(info["drops"])
     return dict(st.eos.drops) if st.eos is not None else {}
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .fileio import write_atomic
+
 if TYPE_CHECKING:
     from .report import Bucket, _Stream
 
@@ -59,9 +61,7 @@ def write_plots(
         "drops": _drops_figure(rows, rates, mid, colour, drops),
     }
     for key, fig in figs.items():
-        path = os.path.join(out, REPORT_FILES[key])
-        fig.savefig(path + ".tmp", format="png")
-        os.replace(path + ".tmp", path)
+        write_atomic(os.path.join(out, REPORT_FILES[key]), lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
     return {k: REPORT_FILES[k] for k in figs}
 
 

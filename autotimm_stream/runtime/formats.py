@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError, first_line
+from ..fileio import write_atomic
 from .bundle import META_FILE, BundleMeta
 
 __all__ = [
@@ -133,16 +134,6 @@ def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
         return BundleMeta.from_json(zf.read(names[0]), where=where)
 
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_bundle(
     network: torch.nn.Module,
     meta: BundleMeta,
@@ -171,21 +162,21 @@ def save_bundle(
             with _quiet_jit():
                 torch.jit.save(network, tmp, _extra_files={META_FILE: text})
 
-        _atomic(path, write)
+        write_atomic(path, write)
         return
     if example is None:
         h, w = meta.input_size
         example = torch.zeros(2, 3, h, w)
     if fmt == "aoti":
-        _atomic(path, lambda tmp: _save_aoti(network, example, text, tmp, torch.device(device)))
+        write_atomic(path, lambda tmp: _save_aoti(network, example, text, tmp, torch.device(device)))
         return
     if fmt == "export":
         program = _export_program(network, example)
         # The archive would otherwise carry the example batch (2x3x640x640 floats: ~10 MB for a detector).
         program.example_inputs = None
-        _atomic(path, lambda tmp: _save_export(program, text, tmp))
+        write_atomic(path, lambda tmp: _save_export(program, text, tmp))
         return
-    _atomic(path, lambda tmp: _save_onnx(network, example, meta, text, tmp))
+    write_atomic(path, lambda tmp: _save_onnx(network, example, meta, text, tmp))
 
 
 def _save_export(program: torch.export.ExportedProgram, text: str, path: str) -> None:
@@ -235,10 +226,10 @@ def replace_meta(path: str | os.PathLike[str], meta: BundleMeta, out: str | os.P
         model.metadata_props.extend(kept)
         entry = model.metadata_props.add()
         entry.key, entry.value = ONNX_META_KEY, text
-        _atomic(out, lambda tmp: onnx.save(model, tmp))
+        write_atomic(out, lambda tmp: onnx.save(model, tmp))
     elif fmt == "export":
         program = _load_program(path)
-        _atomic(out, lambda tmp: _save_export(program, text, tmp))
+        write_atomic(out, lambda tmp: _save_export(program, text, tmp))
     elif fmt == "aoti":
 
         def rewrite(tmp: str) -> None:
@@ -249,7 +240,7 @@ def replace_meta(path: str | os.PathLike[str], meta: BundleMeta, out: str | os.P
                     else:
                         dst.writestr(item, src.read(item.filename))
 
-        _atomic(out, rewrite)
+        write_atomic(out, rewrite)
     else:
         with _quiet_jit():
             module = torch.jit.load(path, map_location="cpu")
@@ -258,7 +249,7 @@ def replace_meta(path: str | os.PathLike[str], meta: BundleMeta, out: str | os.P
             with _quiet_jit():
                 torch.jit.save(module, tmp, _extra_files={META_FILE: text})
 
-        _atomic(out, write)
+        write_atomic(out, write)
 
 
 def _save_onnx(network: torch.nn.Module, example: torch.Tensor, meta: BundleMeta, text: str, path: str) -> None:

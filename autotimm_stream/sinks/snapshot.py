@@ -34,6 +34,7 @@ import numpy as np
 
 from ..annotate import draw_result
 from ..errors import ConfigError, SinkError
+from ..fileio import write_bytes_atomic
 from ..frame import Result
 from .base import EndOfStream, Sink
 
@@ -231,17 +232,10 @@ class SnapshotSink(Sink):
         for c in due:
             name = f"{stem}_{self._file_names[c]}.jpg"
             path = os.path.join(self.folder, name)
-            tmp = os.path.join(self.folder, f".{name}.tmp")
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(jpeg.tobytes())
-                os.replace(tmp, path)
+                write_bytes_atomic(path, jpeg.tobytes())
             except OSError as exc:
                 self._failed(f"cannot write {path!r} ({exc.strerror})", 1)
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
                 continue
             self.written += 1
             self.per_class[c] += 1
