@@ -322,8 +322,10 @@ def throughput_cell(
     """Naive loop, model only, engine: three measurements of one model on one clip, recorded apart.
 
     The naive loop and model only share one runner (the bundle with the engine's model options).
-    Model only runs just before the engine, on a separate thread as the engine's ``worker-infer``
-    calls the model; the naive loop runs on a separate thread too, unless ``naive_main``: then it
+    Model only runs just before and again just after the engine, on a separate thread as the
+    engine's ``worker-infer`` calls the model, and its fps pools both runs: this machine's speed
+    drifts by tens of percent within minutes, and a drift during the cell then weighs on both sides
+    of engine / model-only alike. The naive loop runs on a separate thread too, unless ``naive_main``: then it
     runs on the main thread as in throughput.py, and model only is also timed there, a diagnostic
     for torch's OpenMP spin-wait on a loaded machine (benchmarks/README.md).
     """
@@ -356,7 +358,7 @@ def throughput_cell(
 
     def model_only_() -> dict[str, Any]:
         r = runner()
-        prepared = prepare_inputs(path, r, batch)
+        prepared = shared["prepared"] = prepare_inputs(path, r, batch)
         meter = CpuMeter()
         res = model_only(r, prepared, in_thread=True)
         res["cpu"] = meter.stop()
@@ -378,9 +380,24 @@ def throughput_cell(
     where = f"{model} / {clip['key']}"
     cell["naive"] = attempt(f"{where}: naive loop", naive, 120 + per_frame * n)
     cell["model_only"] = attempt(f"{where}: model only", model_only_, 120 + (3 if naive_main else 2) * per_frame * n)
-    shared.clear()
     cell["engine"] = attempt(f"{where}: engine", engine, 120 + 2 * per_frame * n)
+    if ok(cell["model_only"]) and ok(cell["engine"]):
+        after = attempt(f"{where}: model only, after the engine",
+                        lambda: model_only(shared["runner"], shared["prepared"]), 120 + per_frame * n)  # fmt: skip
+        if ok(after):
+            pool_model_only(cell["model_only"], after)
+    shared.clear()
     return cell
+
+
+def pool_model_only(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """``before`` (model only ahead of the engine) takes the fps of both runs pooled: all frames
+    over both runs' time. Each run's fps stays in ``runs_fps``."""
+    runs = [before["fps"], after["fps"]]
+    frames = before["frames"] + after["frames"]
+    before.update(
+        fps=round(frames / (before["elapsed_s"] + after["elapsed_s"]), 2), runs_fps=runs, pooled_frames=frames
+    )
 
 
 # -- (d) Roboflow --------------------------------------------------------------------------------

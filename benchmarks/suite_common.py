@@ -82,7 +82,7 @@ class Mode:
 
 QUICK = Mode(
     "quick", frames=120, seg_frames=32, batch=8, task_batch=4, live_model_only=False, live_model_s=2.0,
-    latency_s=20.0, latency_warmup_s=1.0, sweep_seconds=5.0, sweep_warmup=1.5, soak_s=60.0, soak_warmup_s=15.0,
+    latency_s=20.0, latency_warmup_s=1.0, sweep_seconds=5.0, sweep_warmup=1.5, soak_s=40.0, soak_warmup_s=10.0,
     rss_every_s=2.0, coarse_capacity=True, roboflow_clips=("real",),
 )  # fmt: skip
 FULL = Mode(

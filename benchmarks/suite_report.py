@@ -104,7 +104,8 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
         lines.append("")
         lines.append(
             "Model only: `runner.forward` on pre-decoded, preprocessed batches (a runner with the engine's "
-            "model options, on a separate thread as the engine's `worker-infer`), just before the engine runs. "
+            "model options, on a separate thread as the engine's `worker-infer`), just before and again just after the "
+            "engine, both runs pooled (a drift of the machine's speed during the cell weighs on both sides alike). "
             "Engine: file source (`block`), ZMQ + JSONL sinks. Naive: one frame at a time (classifier on the "
             "CPU: `throughput.naive_loop`; otherwise cv2 read -> `ModelRunner.preprocess` -> batch-1 forward -> "
             "`Postprocessor` -> ZMQ), on a worker thread like model only and the engine's model thread "
