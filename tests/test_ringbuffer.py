@@ -95,11 +95,17 @@ def test_frame_rejects_bad_images():
         Frame("s", 0, 0.0, 0, np.zeros((2, 2), np.uint8))
 
 
-def test_due_by_follows_the_producers_pace(monkeypatch):
+@pytest.fixture
+def now(monkeypatch) -> list[int]:
+    """The ring buffers' clock, in ns: ``now[0]``, moved by hand."""
     import autotimm_stream.ringbuffer as rb
 
-    now = [1_000_000_000]
-    monkeypatch.setattr(rb, "_now_ns", lambda: now[0])
+    clock = [1_000_000_000]
+    monkeypatch.setattr(rb, "_now_ns", lambda: clock[0])
+    return clock
+
+
+def test_due_by_follows_the_producers_pace(now):
     buf = RingBuffer(4, "latest")
     stop = threading.Event()
     buf.put(frame(0), stop)
@@ -121,11 +127,7 @@ def test_due_by_follows_the_producers_pace(monkeypatch):
     assert not buf.due_by(now[0] + 10**12)
 
 
-def test_a_producer_held_back_by_a_full_buffer_does_not_set_the_pace(monkeypatch):
-    import autotimm_stream.ringbuffer as rb
-
-    now = [0]
-    monkeypatch.setattr(rb, "_now_ns", lambda: now[0])
+def test_a_producer_held_back_by_a_full_buffer_does_not_set_the_pace(now):
     buf = RingBuffer(1, "block")
     stop = threading.Event()
     buf.put(frame(0), stop)
