@@ -172,6 +172,14 @@ def test_onnx_is_one_self_contained_file_with_dynamic_batch(bundles: Bundles) ->
     assert not [n for n in os.listdir(path.parent) if n.endswith((".data", ".raw.onnx"))]
 
 
+def test_onnx_sessions_do_not_spin_between_runs(bundles: Bundles) -> None:
+    # spinning pool threads would keep the engine's decode and preprocessing threads off the cores
+    runner = ModelRunner(bundles.path("detection", "onnx"))
+    session = runner.network.onnx_session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert ModelRunner(bundles.path("detection", "torchscript")).network.onnx_session is None
+
+
 def test_export_bundle_does_not_carry_example_inputs(bundles: Bundles) -> None:
     path = bundles.path("segmentation", "export")
     example_bytes = 2 * 3 * SIZES["segmentation"] ** 2 * 4
