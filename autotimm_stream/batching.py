@@ -4,10 +4,11 @@ A batch leaves when ``max_batch`` frames are in it or ``max_wait_ms`` after its 
 entered its ring buffer (Triton's ``max_queue_delay``: a frame that already waited while the
 model was busy does not wait again), and at once when no source is due to deliver a frame before
 that deadline (each buffer knows its producer's pace: one 25-fps camera, 40 ms between frames,
-never makes a frame wait 20 ms for company that comes after 40). Sources are visited round-robin, starting one further each
-batch, and no source gives more than ``max_frames_per_source`` frames to one batch while another
-source has a frame waiting, so a busy stream cannot starve a quiet one, a silent stream never
-holds a batch back, and a lone busy stream still fills the batch.
+never makes a frame wait 20 ms for company that comes after 40). Sources are visited
+round-robin, starting one further each batch, and no source gives more than
+``max_frames_per_source`` frames to one batch while another source has a frame waiting, so a
+busy stream cannot starve a quiet one, a silent stream never holds a batch back, and a lone busy
+stream still fills the batch.
 """
 
 from __future__ import annotations

@@ -115,7 +115,13 @@ class RingBuffer:
             now = _now_ns()
             if self._last_put_ns is not None and not waited:  # a producer held back by a full buffer shows no pace
                 gap = now - self._last_put_ns
-                self._pace_ns = gap if not self._pace_ns else self._pace_ns + _PACE_ALPHA * (gap - self._pace_ns)
+                if self._pace_ns:
+                    # one gap counts at most twice the pace: an outage does not make the stream look
+                    # slow for long after it, and a real change of rate still shows within ~10 frames
+                    gap = min(gap, 2 * self._pace_ns)
+                    self._pace_ns += _PACE_ALPHA * (gap - self._pace_ns)
+                else:
+                    self._pace_ns = gap
             self._last_put_ns = now
             frame.enqueued_ns = now
             self._frames.append(frame)

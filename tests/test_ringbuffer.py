@@ -123,6 +123,17 @@ def test_due_by_follows_the_producers_pace(now):
     buf.put(frame(4), stop)  # a waiting frame is always "due"
     assert buf.due_by(0)
     buf.pop(1)
+    # frame 4 came 140 ms after frame 3: counted as 2 x 40 ms, the pace is now 48 ms; a 10-s outage
+    # then counts as 2 x 48 ms: 57.6 ms, not the ~2 s a plain running mean would give
+    now[0] += 10_000_000_000
+    buf.put(frame(5), stop)
+    buf.pop(1)
+    assert buf.due_by(now[0] + 58_000_000) and not buf.due_by(now[0] + 57_000_000)
+    for i in range(6, 40):  # the camera now sends 5 fps: the pace follows within a few frames
+        now[0] += 200_000_000
+        buf.put(frame(i), stop)
+        buf.pop(1)
+    assert buf.due_by(now[0] + 200_000_000) and not buf.due_by(now[0] + 190_000_000)
     buf.close()
     assert not buf.due_by(now[0] + 10**12)
 
