@@ -170,7 +170,11 @@ def read_rss_mb() -> float:
 
 
 def soak(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode) -> dict[str, Any]:
-    """4 streams x 10 fps for ``mode.soak_s``; RSS sampled every ``rss_every_s`` on a side thread."""
+    """4 streams x 10 fps for ``mode.soak_s``; RSS sampled every ``rss_every_s`` on a side thread.
+
+    Growth: from the first sample after ``soak_warmup_s`` to the last one before the engine stops.
+    The results are collected without keeping per-result data (``run_live(samples=False)``).
+    """
     servers = pool.get(SOAK_STREAMS, CAPACITY_FPS)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -185,11 +189,13 @@ def soak(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode) -> dict[str
     sampler = threading.Thread(target=sample, name="suite-rss", daemon=True)
     sampler.start()
     try:
-        r = live.run_live(servers, bundle, out / "soak_run", mode.soak_s, 0.0)
+        r = live.run_live(servers, bundle, out / "soak_run", mode.soak_s, 0.0, samples=False)
     finally:
         stop.set()
         sampler.join(5.0)
-    after = [(t, v) for t, v in samples if t >= mode.soak_warmup_s]
+    # growth is read inside the measured span: stopping the engine (summary, report, plots) allocates too
+    end = r["window_monotonic"][1] - t0
+    after = [(t, v) for t, v in samples if mode.soak_warmup_s <= t <= end]
     if len(after) < 2:
         raise RuntimeError(f"too few RSS samples after the {mode.soak_warmup_s:.0f}-s warm-up: {samples}")
     ts, vs = np.array([t for t, _ in after]), np.array([v for _, v in after])
