@@ -326,9 +326,10 @@ def throughput_cell(
     Model only runs just before and again just after the engine, on a separate thread as the
     engine's ``worker-infer`` calls the model, and its fps pools both runs: this machine's speed
     drifts by tens of percent within minutes, and a drift during the cell then weighs on both sides
-    of engine / model-only alike. The naive loop runs on a separate thread too, unless ``naive_main``: then it
-    runs on the main thread as in throughput.py, and model only is also timed there, a diagnostic
-    for torch's OpenMP spin-wait on a loaded machine (benchmarks/README.md).
+    of engine / model-only alike. The naive loop runs on a separate thread too, unless
+    ``naive_main``: then it runs on the main thread as in throughput.py, and model only is also
+    timed there, a diagnostic for torch's OpenMP spin-wait on a loaded machine
+    (benchmarks/README.md).
     """
     path = Path(clip["path"])
     cell: dict[str, Any] = {}
