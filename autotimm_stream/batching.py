@@ -148,12 +148,11 @@ class Batcher:
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if not open_ or all(b.closed for b in open_) and not any(len(b) for b in open_):
                 break  # waiting cannot add a frame
-            lingering = linger is not None and linger()
             if remaining <= 0:
-                if not lingering:
+                if linger is None or not linger():
                     break  # deadline passed
                 remaining = _LINGER_POLL_S
-            elif not lingering and not any(b.due_by(deadline_ns) for b in open_):
+            elif not any(b.due_by(deadline_ns) for b in open_) and (linger is None or not linger()):
                 break  # no frame can come before the deadline: waiting would only add latency
             with self.bell:
                 if not any(len(b) for b in open_):

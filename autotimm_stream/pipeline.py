@@ -34,8 +34,8 @@ from .priority import PRIORITIES
 from .runtime.runner import ModelRunner
 from .sinks.base import Sink, SinkRunner
 from .sources.base import Source, StatusEvent
-from .stats import StageStats
-from .worker import _POST_QUEUE, _READ_AHEAD, Worker, _Ewma
+from .stats import Ewma, StageStats
+from .worker import _POST_QUEUE, _READ_AHEAD, Worker
 
 __all__ = ["Pipeline"]
 
@@ -98,8 +98,8 @@ class Pipeline(Worker):
         self._taken = threading.Condition()  # notified each time infer takes a prepared batch
         # live pipelines form a batch just in time: when the running one should be nearly done
         self._busy_until = 0.0  # monotonic time the model should finish the batch it took
-        self._busy_s = _Ewma()  # how long the infer thread is busy with one batch
-        self._prep_s = _Ewma()  # how long forming and preprocessing one batch takes
+        self._busy_s = Ewma()  # how long the infer thread is busy with one batch
+        self._prep_s = Ewma()  # how long forming and preprocessing one batch takes
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
         self.prep_threads = prep_threads

@@ -26,6 +26,7 @@ from collections import Counter
 from typing import Protocol
 
 from .frame import Frame
+from .stats import Ewma
 
 __all__ = ["RingBuffer", "Policy"]
 
@@ -72,7 +73,7 @@ class RingBuffer:
         self.drops: Counter[str] = Counter()  # reason -> frames dropped
         self.frames_in = 0
         self._last_put_ns: int | None = None
-        self._pace_ns = 0.0  # mean gap between frames that did not wait for space; 0 = not known yet
+        self._pace = Ewma(_PACE_ALPHA)  # ns between frames that did not wait for space; 0 = not known yet
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -115,13 +116,11 @@ class RingBuffer:
             now = _now_ns()
             if self._last_put_ns is not None and not waited:  # a producer held back by a full buffer shows no pace
                 gap = now - self._last_put_ns
-                if self._pace_ns:
+                if self._pace.value:
                     # one gap counts at most twice the pace: an outage does not make the stream look
                     # slow for long after it, and a real change of rate still shows within ~10 frames
-                    gap = min(gap, 2 * self._pace_ns)
-                    self._pace_ns += _PACE_ALPHA * (gap - self._pace_ns)
-                else:
-                    self._pace_ns = gap
+                    gap = min(gap, 2 * self._pace.value)
+                self._pace.add(gap)
             self._last_put_ns = now
             frame.enqueued_ns = now
             self._frames.append(frame)
@@ -157,9 +156,9 @@ class RingBuffer:
                 return True
             if self._closed:
                 return False
-            if not self._pace_ns:
+            if not self._pace.value or self._last_put_ns is None:
                 return True
-            return self._last_put_ns is None or self._last_put_ns + self._pace_ns <= t_ns
+            return self._last_put_ns + self._pace.value <= t_ns
 
     def peek_enqueued_ns(self) -> int | None:
         """When the oldest waiting frame entered the buffer, or None if empty."""

@@ -8,9 +8,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StageStats"]
+__all__ = ["Ewma", "StageStats"]
 
 _RESERVOIR = 4096  # latest samples kept for percentiles; memory stays bounded in week-long runs
+
+
+class Ewma:
+    """Exponentially weighted mean of recent values (any unit); 0 until the first sample, which it
+    takes as it is. Not locked: one thread adds, others may read ``value``."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self.value = 0.0
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value == 0.0 else self.value + self.alpha * (x - self.value)
 
 
 class StageStats:

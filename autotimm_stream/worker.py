@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .runtime.runner import ModelRunner
     from .sinks.base import SinkRunner
     from .sources.base import Source
-    from .stats import StageStats
+    from .stats import Ewma, StageStats
 
 __all__ = ["Worker"]
 
@@ -64,17 +64,6 @@ _POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outpu
 _JIT_LEAD = 0.4
 _JIT_MARGIN_S = 0.005
 _MAX_JIT_WAIT_S = 1.0
-
-
-class _Ewma:
-    """Exponentially weighted mean of recent durations (seconds); 0 until the first sample."""
-
-    def __init__(self, alpha: float = 0.2):
-        self.alpha = alpha
-        self.value = 0.0
-
-    def add(self, x: float) -> None:
-        self.value = x if self.value == 0.0 else self.value + self.alpha * (x - self.value)
 
 
 class _Pending:
@@ -125,8 +114,8 @@ class Worker:
     _outputs_closed: bool
     _taken: threading.Condition
     _busy_until: float
-    _busy_s: _Ewma
-    _prep_s: _Ewma
+    _busy_s: Ewma
+    _prep_s: Ewma
     _done: threading.Event
     _infer_ready: threading.Event
     _prep_ready: threading.Event
