@@ -285,7 +285,7 @@ class Pipeline(Worker):
             if not s.join(max(0.1, deadline - time.monotonic())):
                 _logger.error("source %s did not stop in time", s.source_id)
         for r in self._sink_runners:
-            r.finish()
+            r.finish(self._sinks_stuck)
         for r in self._sink_runners:
             if not r.join(max(0.5, deadline - time.monotonic())):
                 self.abort.set()

@@ -21,6 +21,8 @@ from autotimm_stream.config import validate_config
 from autotimm_stream.errors import ConfigError, SinkError
 from autotimm_stream.protocol import ProtocolError, decode_mask, encode_mask, schema, validate
 from autotimm_stream.sinks import ZmqSink
+from autotimm_stream.sinks.base import SinkRunner
+from autotimm_stream.sources.base import SourceState, StatusEvent
 
 from .conftest import checked, free_port
 from .test_pipeline import read_jsonl, run
@@ -287,6 +289,34 @@ def test_push_mode_without_a_peer_still_stops(clip, bundle, tmp_path, endpoint):
     runner.join(cfg.drain_timeout_s + 10)
     assert not runner.is_alive(), "a PUSH socket with no peer must not hold the engine after stop"
     assert pipeline.summary()["sinks"]["zmq"]["sent"] == 0
+
+
+def test_a_state_change_stuck_on_a_peerless_push_socket_does_not_hold_the_stop(endpoint):
+    """The sink thread blocks sending a status event (PUSH waits for a peer) while its queue fills;
+    ``finish`` must still end once the pipeline's give-up check fires (it sets ``halt``)."""
+    halt = threading.Event()
+    sink = ZmqSink(endpoint, mode="push", hwm=1)
+    runner = SinkRunner(sink, halt, capacity=2)
+    sink.open()
+    runner.start()
+    runner.notify(StatusEvent("cam", SourceState.STOPPED, SourceState.RUNNING, "stop requested"))
+    time.sleep(0.5)  # the sink thread (polling every 0.1 s) is now inside the status send
+    assert runner.submit([]) and runner.submit([])  # the queue is full, the sink takes nothing
+    asked = []
+
+    def give_up() -> bool:  # what Pipeline._sinks_stuck does once drain + grace have passed
+        asked.append(time.monotonic())
+        if len(asked) >= 3:
+            halt.set()
+        return halt.is_set()
+
+    closer = threading.Thread(target=runner.finish, args=(give_up,), name="closer")
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "finish() kept waiting on a sink that takes nothing"
+    assert runner.join(5)
+    assert len(asked) >= 3 and runner.error is None
+    assert sink.sent == 0 and sink.dropped >= 1  # the state change was dropped, and counted
 
 
 def test_push_mode_refuses_wait_subscribers(clip, bundle, tmp_path, endpoint):
