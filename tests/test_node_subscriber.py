@@ -17,11 +17,15 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pytest
 import zmq
+
+from autotimm_stream.protocol import encode_mask
 
 from .conftest import free_port
 
@@ -207,34 +211,45 @@ MASK = bytes(
     for y in range(H)
     for x in range(W)
 )
-FRACTIONS = [
-    {"class_id": c, "label": f"c{c}", "fraction": round(n / len(MASK), 6)} for c, n in sorted(Counter(MASK).items())
-]
+# the same map as a model with more than 256 classes sends it: class ids 0, 300 and 600 in uint16
+MASK16 = [300 * v for v in MASK]
+
+
+def fractions(mask: Sequence[int]) -> list[dict[str, Any]]:
+    return [
+        {"class_id": c, "label": f"c{c}", "fraction": round(n / len(mask), 6)} for c, n in sorted(Counter(mask).items())
+    ]
+
+
+FRACTIONS = fractions(MASK)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STAGES = ["decode", "queue", "preprocess", "wait", "infer", "post", "publish"]
 
 
-def png(pixels: bytes, width: int, height: int) -> bytes:
-    """An 8-bit grayscale PNG, its rows filtered with types 0..4 in turn: every path of the decoder."""
+def png(pixels: Sequence[int], width: int, height: int, depth: int = 8) -> bytes:
+    """A grayscale PNG (8- or 16-bit), its rows filtered with types 0..4 in turn: every path of the decoder."""
 
     def paeth(a: int, b: int, c: int) -> int:
         p = a + b - c
         pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
         return a if pa <= pb and pa <= pc else b if pb <= pc else c
 
+    bpp = depth // 8  # the filters predict each byte from the same byte of the pixel to the left
+    samples = b"".join(v.to_bytes(bpp, "big") for v in pixels)  # 16-bit samples are big-endian
+    stride = width * bpp
     data = bytearray()
     for y in range(height):
-        row, up = pixels[y * width : (y + 1) * width], pixels[(y - 1) * width : y * width] if y else bytes(width)
+        row, up = samples[y * stride : (y + 1) * stride], samples[(y - 1) * stride : y * stride] if y else bytes(stride)
         kind = y % 5
         data.append(kind)
-        for x in range(width):
-            a, b, c = (row[x - 1] if x else 0), up[x], (up[x - 1] if x else 0)
+        for x in range(stride):
+            a, b, c = (row[x - bpp] if x >= bpp else 0), up[x], (up[x - bpp] if x >= bpp else 0)
             data.append((row[x] - (0, a, b, (a + b) // 2, paeth(a, b, c))[kind]) & 0xFF)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
     return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(data))) + chunk(b"IEND", b"")
 
 
@@ -282,9 +297,22 @@ def box(*xyxy: float, score: float = 0.5) -> dict[str, Any]:
     return {"detections": [{"box": list(xyxy), "class_id": 0, "label": "c0", "score": score}]}
 
 
-def seg(payload: bytes = MASK, encoding: str = "raw", **fields: Any) -> list[bytes]:
-    mask = {"encoding": encoding, "dtype": "uint8", "shape": [H, W], "frame": 2}
+def seg(payload: bytes = MASK, encoding: str = "raw", dtype: str = "uint8", **fields: Any) -> list[bytes]:
+    mask = {"encoding": encoding, "dtype": dtype, "shape": [H, W], "frame": 2}
     return msg("segmentation/cam", header("segmentation", mask=mask, **fields), payload)
+
+
+def seg16(payload: bytes, encoding: str = "raw") -> list[bytes]:
+    return seg(payload, encoding, "uint16", class_fractions=fractions(MASK16))
+
+
+MASK16_RAW = b"".join(v.to_bytes(2, "little") for v in MASK16)
+
+
+def engine_seg16(encoding: str, index: int) -> list[bytes]:
+    """MASK16 as the engine's own encoder sends it (int64 ids, as a > 256-class post-processor gives)."""
+    spec, payload = encode_mask(np.array(MASK16, dtype=np.int64).reshape(H, W), encoding)
+    return msg("segmentation/cam", header("segmentation", index, mask=spec, class_fractions=fractions(MASK16)), payload)
 
 
 def status(state: str, previous: str | None) -> list[bytes]:
@@ -318,6 +346,17 @@ CHECKS = [
         id="valid-every-kind",
     ),
     pytest.param([seg(png(MASK, W, H), "png"), eos(1)], None, id="valid-png-mask"),
+    pytest.param([engine_seg16("raw", 0), engine_seg16("png", 1), eos(2)], None, id="engine-uint16-masks"),
+    pytest.param([seg16(MASK16_RAW), eos(1)], None, id="valid-uint16-raw-mask"),
+    pytest.param([seg16(png(MASK16, W, H, 16), "png"), eos(1)], None, id="valid-uint16-png-mask"),
+    pytest.param(
+        [seg16(MASK16_RAW[:-2]), eos(1)], "expected height*width*2 = 6144 bytes, got 6142", id="uint16-length"
+    ),
+    pytest.param([seg(png(MASK, W, H), "png", "uint16"), eos(1)], "expected a 16-bit grayscale", id="uint16-png-depth"),
+    pytest.param(
+        [seg(MASK16_RAW, "raw", "uint16"), eos(1)], "class_fractions: class 300 covers", id="uint16-fractions"
+    ),
+    pytest.param([seg(MASK, dtype="int32"), eos(1)], 'mask.dtype: expected "uint8" or "uint16"', id="mask-dtype"),
     pytest.param([det(schema=2), eos(1)], "schema: expected 1, got 2", id="schema"),
     pytest.param(
         [msg("detection/cam", header("classification")), eos(1)], 'task: expected "detection"', id="topic-task"

@@ -168,10 +168,6 @@ class SnapshotSink(Sink):
         self.per_class: Counter[str] = Counter()
         self.paths: list[str] = []  # files written, in order (at most max_files)
 
-    def check_classes(self, model_classes: Sequence[str]) -> None:
-        """Raise :class:`ConfigError` when a chosen class is not one of the model's (call once the model is loaded)."""
-        check_classes(self.classes, model_classes)
-
     def open(self) -> None:
         try:
             os.makedirs(self.folder, exist_ok=True)

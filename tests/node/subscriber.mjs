@@ -367,19 +367,23 @@ class Checker {
     if (!(Array.isArray(m.shape) && m.shape.length === 2 && m.shape[0] === ht && m.shape[1] === w)) {
       this.error(where, `mask.shape: expected [height, width] = [${ht}, ${w}], got ${show(m.shape)}`)
     }
-    if (m.dtype !== "uint8") return this.error(where, `mask.dtype: expected "uint8", got ${show(m.dtype)}`)
+    // uint8, or uint16 for models with more than 256 classes (raw: little-endian; png: 16-bit)
+    const bytes = m.dtype === "uint8" ? 1 : m.dtype === "uint16" ? 2 : undefined
+    if (bytes === undefined) return this.error(where, `mask.dtype: expected "uint8" or "uint16", got ${show(m.dtype)}`)
     const payload = parts[m.frame]
     let classMap
-    if (m.encoding === "raw") classMap = payload
-    else if (m.encoding === "png") {
-      const png = decodePng(payload)
+    if (m.encoding === "raw") {
+      const size = ht * w * bytes
+      if (payload.length !== size) {
+        return this.error(where, `mask: expected height*width${bytes > 1 ? "*2" : ""} = ${size} bytes, got ${payload.length}`)
+      }
+      classMap = bytes === 1 ? payload : Array.from({ length: ht * w }, (_, i) => payload.readUInt16LE(2 * i))
+    } else if (m.encoding === "png") {
+      const png = decodePng(payload, 8 * bytes)
       if (png.error) return this.error(where, `mask: ${png.error}`)
       if (png.width !== w || png.height !== ht) return this.error(where, `mask: the PNG is ${png.width}x${png.height}, the frame ${w}x${ht}`)
       classMap = png.pixels
     } else return this.error(where, `mask.encoding: expected "raw" or "png", got ${show(m.encoding)}`)
-    if (classMap.length !== w * ht) {
-      return this.error(where, `mask: expected height*width = ${ht * w} bytes, got ${classMap.length}`)
-    }
     // the fractions are the mask's own histogram: same classes, same shares
     const histogram = new Map()
     for (const v of classMap) histogram.set(v, (histogram.get(v) ?? 0) + 1)
@@ -395,10 +399,11 @@ class Checker {
 }
 
 /**
- * The pixels of an 8-bit grayscale, non-interlaced PNG (what the engine writes for class maps), or
+ * The pixels of a grayscale, non-interlaced PNG of bit depth ``depth`` (8, or 16 for models with
+ * more than 256 classes: what the engine writes for class maps), as an array of sample values, or
  * {error}. Node has zlib but no PNG decoder: inflate the IDAT chunks and undo the row filters.
  */
-function decodePng(buf) {
+function decodePng(buf, depth) {
   if (buf.length < 33 || !buf.subarray(0, 8).equals(PNG_SIGNATURE)) {
     return { error: "encoding png, but the payload does not start with the PNG signature" }
   }
@@ -415,9 +420,9 @@ function decodePng(buf) {
       if (type !== "IHDR" || length !== 13) return { error: `the first PNG chunk should be IHDR, got ${type}` }
       width = data.readUInt32BE(0)
       height = data.readUInt32BE(4)
-      const [depth, colour, , , interlace] = data.subarray(8, 13)
-      if (depth !== 8 || colour !== 0 || interlace !== 0) {
-        return { error: `expected an 8-bit grayscale non-interlaced PNG, got depth ${depth}, colour type ${colour}, interlace ${interlace}` }
+      const [bits, colour, , , interlace] = data.subarray(8, 13)
+      if (bits !== depth || colour !== 0 || interlace !== 0) {
+        return { error: `expected a ${depth}-bit grayscale non-interlaced PNG, got depth ${bits}, colour type ${colour}, interlace ${interlace}` }
       }
     } else if (type === "IDAT") idat.push(data)
     else if (type === "IEND") ended = true
@@ -430,17 +435,19 @@ function decodePng(buf) {
   } catch (exc) {
     return { error: `the PNG's image data does not inflate (${exc.message})` }
   }
-  const stride = width + 1 // a filter-type byte, then one byte per pixel
+  const bpp = depth / 8 // bytes per pixel: the filters predict each byte from the same byte of the pixel to the left
+  const rowBytes = width * bpp
+  const stride = rowBytes + 1 // a filter-type byte, then the pixels
   if (raw.length !== height * stride) return { error: `the PNG's image data has ${raw.length} bytes, ${width}x${height} needs ${height * stride}` }
-  const pixels = Buffer.alloc(width * height)
+  const bytes = Buffer.alloc(rowBytes * height)
   for (let y = 0; y < height; y++) {
     const filter = raw[y * stride]
     const row = raw.subarray(y * stride + 1, (y + 1) * stride)
-    const out = y * width
-    for (let x = 0; x < width; x++) {
-      const a = x > 0 ? pixels[out + x - 1] : 0
-      const b = y > 0 ? pixels[out - width + x] : 0
-      const c = x > 0 && y > 0 ? pixels[out - width + x - 1] : 0
+    const out = y * rowBytes
+    for (let x = 0; x < rowBytes; x++) {
+      const a = x >= bpp ? bytes[out + x - bpp] : 0
+      const b = y > 0 ? bytes[out - rowBytes + x] : 0
+      const c = x >= bpp && y > 0 ? bytes[out - rowBytes + x - bpp] : 0
       let predictor
       if (filter === 0) predictor = 0
       else if (filter === 1) predictor = a
@@ -451,9 +458,11 @@ function decodePng(buf) {
         const [pa, pb, pc] = [Math.abs(p - a), Math.abs(p - b), Math.abs(p - c)]
         predictor = pa <= pb && pa <= pc ? a : pb <= pc ? b : c
       } else return { error: `PNG row ${y} has an unknown filter type ${filter}` }
-      pixels[out + x] = (row[x] + predictor) & 0xff
+      bytes[out + x] = (row[x] + predictor) & 0xff
     }
   }
+  // 16-bit samples are big-endian in a PNG
+  const pixels = bpp === 1 ? bytes : Array.from({ length: width * height }, (_, i) => bytes.readUInt16BE(2 * i))
   return { width, height, pixels }
 }
 
