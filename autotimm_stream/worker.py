@@ -357,9 +357,8 @@ class Worker:
     def _forward(self, p: _Pending) -> tuple:
         now = time.monotonic_ns()
         waits = [(now - r) / 1e6 for r in p.ready]
-        x = p.x[0] if len(p.x) == 1 else torch.cat(p.x)
         t0 = time.perf_counter()
-        outputs = self.runner.forward(x)
+        outputs = self.runner.forward(p.x)
         self.runner.synchronize()
         return p.frames, outputs, p.formed, p.prep_ms, waits, (time.perf_counter() - t0) * 1e3
 

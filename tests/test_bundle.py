@@ -30,6 +30,16 @@ def test_runner_equals_eager_traced_module(bundle):
         torch.testing.assert_close(runner.forward(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
+def test_forward_takes_a_batch_in_parts(bundle):
+    """Frames that joined a batch late come as separately preprocessed parts: the same outputs."""
+    runner = ModelRunner(bundle)
+    frames = rng_frames(5, 120, 200)
+    parts = [runner.preprocess(frames[:3]), runner.preprocess(frames[3:])]
+    whole = runner.forward(runner.preprocess(frames))
+    torch.testing.assert_close(runner.forward(parts), whole)
+    torch.testing.assert_close(runner.forward(parts[:1])[0], whole[0][:3])
+
+
 def test_plain_torchscript_without_metadata_is_refused(tmp_path):
     path = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))

@@ -84,6 +84,56 @@ def test_engine_runs_on_cuda_with_fp16(clip, bundle, tmp_path):
     assert (gpu_dir / "annotated.mp4").stat().st_size > 0
 
 
+def test_preprocessing_and_forward_on_their_own_threads_and_streams(seg_bundle):
+    """The engine's shape: one thread preprocesses on the runner's preprocessing stream while
+    another runs the network on its inference stream and a third post-processes on its default
+    stream. Memory freed on one stream and reused on another while a kernel still reads it would
+    corrupt results: every batch must equal what one thread computes alone."""
+    import queue
+    import threading
+
+    runner = ModelRunner(seg_bundle, device="cuda")
+    runner.warmup((2, 3))
+    post = Postprocessor(runner.meta)
+    batches = [scenes(2 + i % 2, 240, 320) for i in range(4)] * 6
+    alone = []
+    for frames in batches:
+        out = runner.forward(runner.preprocess(frames))
+        runner.synchronize()
+        alone.append(post(out, [f.shape[:2] for f in frames]))
+    prepared: queue.Queue = queue.Queue(maxsize=2)
+    forwarded: queue.Queue = queue.Queue(maxsize=2)
+
+    def prep() -> None:
+        for i, frames in enumerate(batches):  # a batch in two parts now and then, as a top-up makes
+            x = (
+                [runner.preprocess(frames[:1]), runner.preprocess(frames[1:])]
+                if i % 3 == 0
+                else runner.preprocess(frames)
+            )
+            prepared.put((frames, x), timeout=60)
+
+    def infer() -> None:
+        for _ in batches:
+            frames, x = prepared.get(timeout=60)
+            out = runner.forward(x)
+            runner.synchronize()
+            forwarded.put((frames, out), timeout=60)
+
+    threads = [threading.Thread(target=prep), threading.Thread(target=infer)]
+    for t in threads:
+        t.start()
+    together = []
+    for _ in batches:
+        frames, out = forwarded.get(timeout=120)
+        together.append(post(out, [f.shape[:2] for f in frames]))
+    for t in threads:
+        t.join(60)
+    for a, b in zip(alone, together, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert (x["mask"] == y["mask"]).mean() >= 0.999
+
+
 @pytest.mark.parametrize("fmt", ["export", "onnx"])
 def test_other_formats_match_torchscript_on_cuda(tmp_path, fmt):
     """The torch.export and ONNX bundles of one network give TorchScript's outputs on the GPU."""

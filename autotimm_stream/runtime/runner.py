@@ -3,6 +3,13 @@
 Device and precision are decided once, here. On the CPU a TorchScript network is frozen and
 optimised for inference (constant-folded weights, fused conv+bn); on CUDA it can run in fp16 and
 channels_last. Which format the bundle holds is :mod:`.formats`' business, not the runner's.
+
+On CUDA, preprocessing (the pinned host-to-device copy and the resize) runs on its own CUDA stream
+and the forward pass on another, so the engine's preprocessing thread readies batch n+1 on the GPU
+while batch n is in the network (on the one default stream they would take turns). Tensors cross
+streams safely: the consuming stream waits for the producing one (an event, not a host wait) and
+records itself on the tensor (``Tensor.record_stream``), so the caching allocator does not hand
+its memory to new work while an older kernel still reads it.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -84,24 +92,51 @@ class ModelRunner:
         self.path = os.fspath(path)
         self.spec = self.meta.preprocess_spec()
         self.model_version = file_version(self.path)
+        cuda = self.device.type == "cuda"
+        self._prep_stream = torch.cuda.Stream(self.device) if cuda else None
+        self._infer_stream = torch.cuda.Stream(self.device) if cuda else None
 
     @property
     def meta_name(self) -> str:
         return self.meta.model_name or os.path.basename(self.path)
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """uint8 RGB frames -> normalised model input on the device."""
-        return preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
+        """uint8 RGB frames -> normalised model input on the device, ready when this returns."""
+        if self._prep_stream is None:
+            return preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
+        with torch.cuda.stream(self._prep_stream):
+            x = preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
+        self._prep_stream.synchronize()  # waits for this batch's copy and resize only, not the model
+        return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The network's raw outputs for a preprocessed batch (float32, on the device)."""
-        with torch.inference_mode():
-            out = self.network(x)
-        return tuple(o.float() for o in out)
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The network's raw outputs for a preprocessed batch (float32, on the device).
+
+        ``x`` may be several preprocessed parts of one batch (frames that joined it late): they are
+        concatenated here. On CUDA the work is queued on the runner's inference stream and the
+        caller's current stream is made to wait for it, so the outputs can be used as any tensor
+        (:meth:`synchronize` waits for them on the host).
+        """
+        parts = [x] if isinstance(x, torch.Tensor) else list(x)
+        if self._infer_stream is None:
+            with torch.inference_mode():
+                out = self.network(parts[0] if len(parts) == 1 else torch.cat(parts))
+            return tuple(o.float() for o in out)
+        caller = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._infer_stream), torch.inference_mode():
+            for part in parts:  # made on the preprocessing stream
+                part.record_stream(self._infer_stream)
+            out = tuple(o.float() for o in self.network(parts[0] if len(parts) == 1 else torch.cat(parts)))
+        caller.wait_stream(self._infer_stream)  # no host wait: the caller's next kernels queue behind these
+        for o in out:
+            if o.is_cuda:  # an ONNX session's outputs may come back on the CPU
+                o.record_stream(caller)
+        return out
 
     def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        """Wait on the host for the forward passes queued so far (CUDA; a no-op on the CPU)."""
+        if self._infer_stream is not None:
+            self._infer_stream.synchronize()
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,), iterations: int = 2) -> None:
         """Run dummy batches so the first real frames do not pay for graph optimisation.
