@@ -24,7 +24,7 @@ from autotimm_stream.sinks import ZmqSink
 from autotimm_stream.sinks.base import SinkRunner
 from autotimm_stream.sources.base import SourceState, StatusEvent
 
-from .conftest import checked, free_port
+from .conftest import checked, free_port, wait_for
 from .test_pipeline import read_jsonl, run
 
 
@@ -300,7 +300,8 @@ def test_a_state_change_stuck_on_a_peerless_push_socket_does_not_hold_the_stop(e
     sink.open()
     runner.start()
     runner.notify(StatusEvent("cam", SourceState.STOPPED, SourceState.RUNNING, "stop requested"))
-    time.sleep(0.5)  # the sink thread (polling every 0.1 s) is now inside the status send
+    # once the sink thread has taken the event it is inside the status send, waiting for a peer
+    wait_for(lambda: not runner._events, 5, "the sink thread to take the status event")
     assert runner.submit([]) and runner.submit([])  # the queue is full, the sink takes nothing
     asked = []
 
