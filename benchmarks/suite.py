@@ -541,6 +541,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the naive loop on the main thread as throughput.py does (and time model only there too)",
     )
+    p.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=None,
+        help="soak length (quick 40 s, full 10 min); e.g. --only soak --soak-minutes 75 to see the "
+        "run report's buckets fill (an hour) and level off",
+    )
     p.add_argument("--results-md", default=None, help="also write the Markdown here (e.g. benchmarks/RESULTS.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
@@ -552,6 +559,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < 1:
             p.error(f"--{name} must be >= 1")
+    if args.soak_minutes is not None and not 1 <= args.soak_minutes <= 24 * 60:
+        p.error(f"--soak-minutes must lie in [1, 1440], got {args.soak_minutes:g}")
     return args
 
 
@@ -568,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             "seg_frames": args.frames or base.seg_frames,
             "batch": args.batch or base.batch,
             "task_batch": args.batch or base.task_batch,
+            "soak_s": args.soak_minutes * 60 if args.soak_minutes else base.soak_s,
         }
     )
     out = Path(args.out)
