@@ -209,6 +209,8 @@ def soak(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode) -> dict[str
         "rss_end_mb": after[-1][1],
         "rss_max_mb": round(max(v for _, v in samples), 2),
         "growth_mb": round(after[-1][1] - after[0][1], 2),
+        # a leak grows alike in every quarter; structures that fill up to a bound grow less and less
+        "growth_by_quarter_mb": growth_by_quarter(after),
         "slope_mb_per_min": round(float(np.polyfit(ts, vs, 1)[0]) * 60, 3),
         "samples": samples,
         "fps_in": r["fps_in"],
@@ -218,6 +220,14 @@ def soak(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode) -> dict[str
         "latency_ms": r["latency"]["overall_ms"],
         "cpu": r["cpu"],
     }
+
+
+def growth_by_quarter(samples: list[tuple[float, float]]) -> list[float]:
+    """RSS growth (MB) in each quarter of the span of ``(t, rss)`` samples (nearest sample to each edge)."""
+    ts = np.array([t for t, _ in samples])
+    edges = [ts[0] + q * (ts[-1] - ts[0]) / 4 for q in range(5)]
+    at = [samples[int(np.abs(ts - e).argmin())][1] for e in edges]
+    return [round(b - a, 2) for a, b in zip(at, at[1:])]
 
 
 def classifier_model_only(results: dict[str, Any]) -> dict[str, Any] | None:

@@ -198,7 +198,13 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             "",
             f"RSS {sk['rss_start_mb']:.1f} MB at the start, {sk['rss_after_warmup_mb']:.1f} MB after the "
             f"{sk['warmup_s']:.0f}-s warm-up, {sk['rss_end_mb']:.1f} MB at the end (max {sk['rss_max_mb']:.1f}): "
-            f"growth **{sk['growth_mb']:+.1f} MB**, fitted {sk['slope_mb_per_min']:+.2f} MB/min. fps in {sk['fps_in']}, "
+            f"growth **{sk['growth_mb']:+.1f} MB**, fitted {sk['slope_mb_per_min']:+.2f} MB/min"
+            + (
+                f", by quarter of the run {', '.join(f'{g:+.1f}' for g in sk['growth_by_quarter_mb'])} MB"
+                if sk.get("growth_by_quarter_mb")
+                else ""
+            )
+            + f". fps in {sk['fps_in']}, "
             f"out {sk['fps_out']}, drops {100 * (sk['drop_rate'] or 0):.1f} % ({sk['drops']}), latency p50/p99 "
             f"{sk['latency_ms']['p50']}/{sk['latency_ms']['p99']} ms.",
             "",
