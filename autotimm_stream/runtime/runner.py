@@ -123,6 +123,9 @@ class ModelRunner:
                 out = self.network(parts[0] if len(parts) == 1 else torch.cat(parts))
             return tuple(o.float() for o in out)
         caller = torch.cuda.current_stream(self.device)
+        # input made on the caller's stream (warm-up zeros, a caller's own tensors) must be written
+        # before the network reads it; the engine's come ready from preprocess()
+        self._infer_stream.wait_stream(caller)
         with torch.cuda.stream(self._infer_stream), torch.inference_mode():
             for part in parts:  # made on the preprocessing stream
                 part.record_stream(self._infer_stream)
