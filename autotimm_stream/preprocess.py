@@ -7,10 +7,17 @@ Three resize modes cover what AutoTimm models were trained on:
 - ``squash`` (segmentation): resize straight to the input size, ignoring aspect.
 - ``letterbox`` (detection): resize the long side to the input size, pad centred with grey 114.
 
-On the CPU each frame is resized in uint8 (torch's antialiased uint8 kernels are ~4x faster than
-on float) straight from its decoded array into its row of the batch: no full-size copy of the
-frames is made. On CUDA the frames of one shape are stacked into one pinned host buffer, copied
-without blocking and resized in float on the device in one call per shape.
+Frames of one shape are stacked and converted in one call; a batch of several shapes costs one
+call per shape, never a Python loop over frames of the same shape. On the CPU the resize runs on
+uint8 (torch's antialiased uint8 kernels are ~4x faster than on float); on CUDA frames are copied
+from pinned memory without blocking and resized in float on the device.
+
+Measured against resizing each frame straight from its decoded array (no stacked full-size copy,
+20-25 % less preprocessing time at 1080p): the engine got slower where the model's forward pass
+is short. Every torch call releases and retakes the GIL, and a loop of small calls on the
+preprocessing thread delays the model thread's own Python between passes (alternating engine
+runs, 720p: detector 66.9 -> 59.4 fps, forward pass per batch 14.8 -> 16.6 ms; the 1080p
+classifier gained 4 %). The copy is cheaper than the handoffs.
 """
 
 from __future__ import annotations
@@ -132,7 +139,8 @@ def preprocess_batch(
 ) -> torch.Tensor:
     """Turn ``images`` (each ``uint8 [H, W, 3]`` RGB) into a normalised ``[B, 3, h, w]`` tensor.
 
-    Frames may differ in shape (heterogeneous sources); the output is in the order of ``images``.
+    Frames are grouped by shape; each group is stacked and converted in one call. The output is
+    in the order of ``images``.
     """
     if not images:
         raise ValueError("preprocess_batch needs at least one image")
@@ -147,32 +155,15 @@ def preprocess_batch(
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     for shape, idx in groups.items():
-        geo = plan(shape[0], shape[1], spec)
+        # np.stack copies; a lone frame may be a view with negative strides (a BGR->RGB flip)
+        stacked = np.stack([images[i] for i in idx]) if len(idx) > 1 else np.ascontiguousarray(images[idx[0]][None])
+        x = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # NHWC memory: channels_last view
         if device.type == "cuda":
-            # one pinned host buffer, one copy, one resize call for the group
-            stacked = np.stack([images[i] for i in idx])
-            x = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # NHWC memory: channels_last view
             x = x.pin_memory().to(device, non_blocking=True).float()
-            _normalise_into(out, idx, _convert_group(x, spec, geo), mean, inv_std)
-            continue
-        # The CPU resizes each frame straight from its decoded array: stacking would first copy
-        # every full-size frame (~6 MB at 1080p) only to shrink it; the resize is per image anyway.
-        for i in idx:
-            # a view with negative strides (a BGR->RGB flip) needs a copy: torch has no such strides.
-            # [None] before the permute: the batch stride must be H*W*3 for torch to see a
-            # channels_last tensor and take its fast uint8 kernels (~3x faster)
-            x = torch.from_numpy(np.ascontiguousarray(images[i])[None]).permute(0, 3, 1, 2)
-            _normalise_into(out, [i], _convert_group(x, spec, geo), mean, inv_std)
+        y = _convert_group(x, spec, plan(shape[0], shape[1], spec))
+        if len(idx) == len(images) and dtype == torch.float32:
+            out.copy_(y).sub_(mean).mul_(inv_std)  # in place: no float temporaries
+        else:
+            # mixed shapes or fp16: normalise in fp32, then round once into place
+            out[torch.tensor(idx, device=device)] = ((y.float() - mean) * inv_std).to(dtype)
     return out
-
-
-def _normalise_into(
-    out: torch.Tensor, idx: list[int], y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor
-) -> None:
-    """Write ``(y - mean) * inv_std`` into the rows ``idx`` of ``out``."""
-    if out.dtype == torch.float32 and idx == list(range(idx[0], idx[0] + len(idx))):
-        rows = out[idx[0] : idx[0] + len(idx)]  # contiguous rows: in place, no float temporaries
-        rows.copy_(y).sub_(mean).mul_(inv_std)
-    else:
-        # scattered rows (mixed shapes on the GPU) or fp16: normalise in fp32, round once into place
-        out[torch.tensor(idx, device=out.device)] = ((y.float() - mean) * inv_std).to(out.dtype)
