@@ -271,7 +271,7 @@ def test_engine_snapshots_the_frames_where_the_demo_detector_finds_a_class(media
     )
     runner = ModelRunner(cfg.model.path)
     snap = SnapshotSink(out / "snapshots", ["circle", "square", "triangle"], min_score=0.5, cooldown_s=cooldown)
-    snap.check_classes(runner.meta.class_names)  # what app.py does before anything is written
+    check_classes(snap.classes, runner.meta.class_names)  # what app.py does before anything is written
     stop = threading.Event()
     sources = build_sources(cfg, stop)
     pipeline = Pipeline(sources, runner, [*build_sinks(cfg, sources), snap], BatchPolicy(4, 5.0), stop=stop)
