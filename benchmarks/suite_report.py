@@ -160,7 +160,9 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             + ". Trend: "
             f"p50 per window in batch forward times rises by {_f(lat['trend_rise'], 3)} of its median over the run "
             f"(fitted; limit {T_TREND_RISE:g}); raw: {lat['trend_ms_per_min']:+.1f} ms/min, "
-            f"{lat['trend_growth_ms']:+.1f} ms over the run; live.py's verdict: "
+            f"{lat['trend_growth_ms']:+.1f} ms over the run; live.py's own verdict (its rules, not a target: "
+            f"last-window p95 <= 1.5 x first-window p95 and fitted p50 growth <= half the median, in batch "
+            f"forward times): "
             f"{'bounded' if lat['bounded_in_batches'] else 'not bounded'}.",
             "",
             "| window (s) | results | p50 ms | p95 ms | p99 ms | infer ms/batch |",
