@@ -119,16 +119,17 @@ class SinkRunner:
         """Ask the thread to drain its queue, close the sink and end.
 
         Waits while the queue is full (the sink is still writing) until ``give_up()`` says the sink
-        has held the stop too long; ``give_up`` then sets ``halt``, which also frees a sink blocked
-        in a send (a state change on a PUSH socket with no peer), and what is still queued is dropped.
+        has held the stop too long, as :meth:`submit` does; then ``halt`` is set, which also frees a
+        sink blocked in a send (a state change on a PUSH socket with no peer), and what is still
+        queued is dropped.
         """
         while self._thread.is_alive():
             try:
                 self._queue.put(_END, timeout=_POLL_S)
                 return
             except queue.Full:
-                if give_up is not None and not self.halt.is_set():
-                    give_up()
+                if not self.halt.is_set() and give_up is not None and give_up():
+                    self.halt.set()
                 if self.halt.is_set():  # drain what fits, then stop accepting
                     try:
                         self._queue.get_nowait()
