@@ -8,12 +8,15 @@ import http.server
 import json
 import logging
 import random
+import socket
 import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from autotimm_stream.app import build_pipeline
 from autotimm_stream.config import validate_config
 from autotimm_stream.control import is_local, request
 from autotimm_stream.errors import ConfigError, SourceError
-from autotimm_stream.frame import Frame
+from autotimm_stream.frame import Frame, FrameFlags
 from autotimm_stream.ringbuffer import RingBuffer
 from autotimm_stream.sources import LiveSource, ReconnectPolicy, SourceState, live, redact_url, rtsp_spec
 
@@ -161,9 +164,130 @@ def test_reconnect_attempts_can_be_bounded_then_the_source_fails():
     src = LiveSource("gone", rtsp_spec(f"rtsp://127.0.0.1:{free_port()}/x"), RingBuffer(4), stop, reconnect=policy)
     _, events = run_source(src, 0.5)
     assert src.join(2.0)
-    assert [e.state for e in events] == [SourceState.CONNECTING] + [SourceState.RECONNECTING] * 3 + [SourceState.FAILED]
+    # max_attempts counts failed attempts: the third one fails the source
+    assert [e.state for e in events] == [SourceState.CONNECTING] + [SourceState.RECONNECTING] * 2 + [SourceState.FAILED]
+    assert [e.attempt for e in events[1:]] == [1, 2, 3]
+    assert src.failed_attempts == 3
     assert isinstance(src.error, SourceError) and "gave up after 3 failed attempts" in str(src.error)
     assert src.buffer.closed
+
+
+def test_a_session_that_ends_before_its_first_frame_is_a_failed_attempt():
+    # opens fine, never yields a frame (a server that answers PLAY and sends nothing): it must
+    # back off and count towards max_attempts, not be retried at the first delay forever
+    stop = threading.Event()
+    spec = live.StreamSpec("testsrc2=size=64x48:rate=25:duration=0.2,select=0", format="lavfi")
+    policy = ReconnectPolicy(initial_delay_s=0.05, max_delay_s=1.0, multiplier=2.0, jitter=0.0, max_attempts=3)
+    src = LiveSource("mute", spec, RingBuffer(4), stop, reconnect=policy)
+    _, events = run_source(src, 0.1)
+    assert src.join(5.0)
+    assert [(e.state, e.attempt, e.retry_in_s) for e in events] == [
+        (SourceState.CONNECTING, 0, None),
+        (SourceState.RECONNECTING, 1, 0.05),
+        (SourceState.RECONNECTING, 2, 0.1),  # the backoff grows
+        (SourceState.FAILED, 3, None),
+    ]
+    assert "no frame before the session ended" in events[1].reason
+    assert (src.sessions, src.failed_attempts, src.reconnects, src.frames_decoded) == (3, 3, 0, 0)
+
+
+def test_time_waiting_for_buffer_space_is_not_a_stall():
+    # policy block on a live source, read by a consumer slower than the stall timeout: the
+    # stream is healthy and must not be reconnected
+    stop = threading.Event()
+    buf = RingBuffer(2, "block")
+    src = LiveSource("slow", live.testsrc_spec(64, 48, 25), buf, stop, stall_frames=5, min_stall_s=0.3)
+    events: list = []
+    src.on_status = events.append
+    src.start()
+    wait_for(lambda: len(buf) == 2, 5.0, "the buffer to fill")
+    taken = []
+    for _ in range(3):
+        time.sleep(0.7)  # > the 0.3 s stall timeout
+        taken += buf.pop(1)
+    stop.set()
+    assert src.join(2.0)
+    assert len(taken) == 3
+    assert [e.state for e in events] == [SourceState.CONNECTING, SourceState.RUNNING, SourceState.STOPPED]
+    assert (src.sessions, src.reconnects) == (1, 0)
+
+
+def test_video_that_stops_while_audio_flows_is_a_stall_and_the_source_still_stops():
+    # PyAV's demux of the video track alone skips the audio packets inside its own loop: the
+    # stall and stop checks would never run again
+    stop = threading.Event()
+    graph = "testsrc2=size=64x48:rate=25:duration=0.5 [out0]; sine=frequency=440:sample_rate=8000,arealtime [out1]"
+    spec = live.StreamSpec(graph, format="lavfi", realtime=True, fps_hint=25)
+    src = LiveSource("mute-video", spec, RingBuffer(64, "latest"), stop, stall_frames=5, min_stall_s=0.3)
+    events: list = []
+    src.on_status = events.append
+    src.start()
+    wait_for(lambda: any(e.state is SourceState.RECONNECTING for e in events), 5.0, "the stall to be seen")
+    stop.set()
+    assert src.join(2.0)
+    lost = next(e for e in events if e.state is SourceState.RECONNECTING)
+    assert lost.reason.startswith("stalled: no frame for")
+    assert events[-1].state is SourceState.STOPPED
+
+
+def test_a_stop_inside_ffmpegs_open_is_bounded_by_stop_wait_s():
+    # a server that accepts the connection and never answers: FFmpeg's open cannot be
+    # interrupted, so the stop waits for its timeout; stop_wait_s says how long that can be
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list = []
+    listener.settimeout(10)
+    acceptor = threading.Thread(target=lambda: accepted.append(listener.accept()))
+    acceptor.start()
+    stop = threading.Event()
+    url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/x"
+    src = LiveSource("mute", rtsp_spec(url), RingBuffer(4), stop, open_timeout_s=3.0)
+    try:
+        src.start()
+        acceptor.join(10)
+        assert accepted and src.state is SourceState.CONNECTING
+        stop.set()
+        t0 = time.monotonic()
+        assert src.join(src.stop_wait_s())
+        assert time.monotonic() - t0 <= src.stop_wait_s() and src.stop_wait_s() >= 3.0
+    finally:
+        stop.set()
+        src.join(10)
+        for conn, _ in accepted:
+            conn.close()
+        listener.close()
+
+
+def write_ts_segment(path: Path, start_ms: int, frames: int) -> bytes:
+    with av.open(str(path), "w", format="mpegts") as out:
+        st = out.add_stream("mpeg2video", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i % 250, np.uint8), format="rgb24")
+            vf.pts, vf.time_base = start_ms + 40 * i, Fraction(1, 1000)
+            for p in st.encode(vf):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path.read_bytes()
+
+
+def test_a_stream_clock_that_goes_back_starts_the_session_clock_again(tmp_path):
+    # two segments, PTS 100..102 s then 10..12 s (a camera's clock reset): later frames keep
+    # their spacing after the last one and the break is flagged, instead of being squeezed
+    # 0.1 ms apart behind it
+    data = write_ts_segment(tmp_path / "a.ts", 100_000, 50) + write_ts_segment(tmp_path / "b.ts", 10_000, 50)
+    (tmp_path / "jump.ts").write_bytes(data)
+    spec = live.StreamSpec(str(tmp_path / "jump.ts"), live=False, options={"correct_ts_overflow": "0"})
+    stop = threading.Event()
+    src = LiveSource("reset", spec, RingBuffer(200, "block"), stop)
+    src.start()
+    assert src.join(10.0)
+    frames = src.buffer.pop(200)
+    assert len(frames) == 100
+    steps = np.diff([f.pts for f in frames])
+    assert np.allclose(steps, 0.04, atol=1e-6), steps
+    flagged = [i for i, f in enumerate(frames) if f.flags & FrameFlags.AFTER_GAP]
+    assert flagged == [50]
 
 
 def test_missing_camera_is_a_clear_error(bundle, tmp_path):

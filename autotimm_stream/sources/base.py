@@ -225,6 +225,10 @@ class Source:
             return "removed"
         return "stop requested" if self.stop.is_set() else "end of stream"
 
+    def stop_wait_s(self) -> float:
+        """The longest :meth:`_run` may take to return once halted (live sources wait on FFmpeg)."""
+        return 0.5
+
     def join(self, timeout: float) -> bool:
         """Wait for the capture thread; True if it has ended."""
         if self._thread is None:

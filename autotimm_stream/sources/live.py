@@ -9,15 +9,20 @@ One PyAV capture loop inside a per-stream state machine::
 
 - A live stream's normal end, a read error and a read timeout all count as a disconnect. A stream
   that is down at start-up is retried like any other (the pipeline starts anyway).
-- Backoff is exponential with jitter (``ReconnectPolicy``); default: retry forever.
+- Backoff is exponential with jitter (``ReconnectPolicy``); default: retry forever. A session
+  that opens but ends before its first frame counts as a failed attempt (it backs off and counts
+  towards ``max_attempts``), not as a reconnect.
 - Stall watchdog: no decoded frame for ``stall_frames`` frame intervals forces a reconnect (so
-  does a stream whose packets keep failing to decode for that long: single bad packets are
-  flagged and skipped, a broken stream is reopened). A
-  server that stops sending mid-read is caught by PyAV's read timeout (its interrupt callback),
-  which is also what bounds how long a stop request can wait in that one case; everywhere else a
-  stop is seen within 50 ms.
+  does a stream whose packets keep failing to decode for that long, or whose video froze while
+  another track keeps flowing: single bad packets are flagged and skipped, a broken stream is
+  reopened). Time spent waiting for buffer space (policy ``block``) does not count as a stall.
+- A stop is seen within 50 ms, except inside FFmpeg: a server that accepts the connection and
+  then says nothing holds ``av.open`` until the open timeout, and one that stops sending mid-read
+  holds the read until the read timeout (PyAV's interrupt callback, which nothing else can
+  trigger). :meth:`LiveSource.stop_wait_s` bounds both; ``Pipeline.close`` waits that long.
 - Each session's timestamps are mapped onto one clock from the source's start, so PTS grow
-  across reconnects and the gap shows as a gap. Frames decoded with errors, after undecodable
+  across reconnects and the gap shows as a gap; a stream clock that goes back within a session
+  starts the session's clock again after the last frame (flagged ``AFTER_GAP``). Frames decoded with errors, after undecodable
   packets, after a reconnect or after a PTS jump carry ``CORRUPT`` / ``AFTER_GAP``; with
   ``skip_until_keyframe`` frames after such a break are dropped (``until_keyframe``) until the
   next keyframe.
@@ -188,6 +193,8 @@ class LiveSource(Source):
         self._fps = spec.fps_hint
         self._t0: float | None = None  # monotonic time of the first frame ever: the zero of the PTS clock
         self._last_pts = -1.0
+        self._session_frames = 0  # frames decoded in the current session
+        self._read_timeout_s = 0.0  # the current session's read timeout
 
     # -- set-up -----------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -204,6 +211,10 @@ class LiveSource(Source):
         if self.info is None:
             self.info = SourceInfo(0, 0, self._fps, LIVE_TIME_BASE, None)
         return self.info
+
+    def stop_wait_s(self) -> float:
+        """The longest a stop can wait for FFmpeg to give up an open or a read (see the module docstring)."""
+        return max(self.open_timeout_s, self.stall_timeout_s(), self._read_timeout_s) + 1.0
 
     def stall_timeout_s(self) -> float:
         """No frame for this long forces a reconnect: ``stall_frames`` intervals, at least ``min_stall_s``."""
@@ -222,8 +233,8 @@ class LiveSource(Source):
                 if not self._backoff(attempt, str(exc)):
                     return
                 continue
-            attempt = 0
             self.sessions += 1
+            self._session_frames = 0
             try:
                 reason = self._stream(container)
             finally:
@@ -232,6 +243,16 @@ class LiveSource(Source):
                 return
             if not self.spec.live and reason == "end of stream":
                 return  # a finite stream (e.g. a VOD URL) that simply ended
+            if not self._session_frames:
+                # opened but never produced a frame (a server that answers PLAY and sends nothing,
+                # a camera that drops extra clients): a failed attempt, so it backs off and
+                # counts towards max_attempts instead of being retried at the first delay forever
+                attempt += 1
+                self.failed_attempts += 1
+                if not self._backoff(attempt, f"no frame before the session ended: {reason}"):
+                    return
+                continue
+            attempt = 0
             self.reconnects += 1
             if not self._backoff(1, reason):
                 return
@@ -239,12 +260,13 @@ class LiveSource(Source):
     def _backoff(self, attempt: int, reason: str) -> bool:
         """Wait before the next attempt; False when halted or out of attempts (then FAILED)."""
         limit = self.reconnect.max_attempts
-        if limit is not None and attempt > limit:
+        if limit is not None and attempt >= limit:
             self.error = SourceError(
-                f"source {self.source_id!r}: gave up after {limit} failed attempts to connect to "
-                f"{self.describe()} (last: {reason}); raise reconnect.max_attempts or leave it null to retry forever"
+                f"source {self.source_id!r}: gave up after {attempt} failed attempts in a row to get frames "
+                f"from {self.describe()} (last: {reason}); raise reconnect.max_attempts or leave it null to "
+                f"retry forever"
             )
-            self._set_state(SourceState.FAILED, reason, attempt=attempt - 1)
+            self._set_state(SourceState.FAILED, reason, attempt=attempt)
             return False
         delay = self.reconnect.delay(attempt, self._rng)
         self._set_state(SourceState.RECONNECTING, reason, attempt=attempt, retry_in_s=delay)
@@ -253,6 +275,7 @@ class LiveSource(Source):
     def _connect(self) -> av.container.InputContainer:
         spec = self.spec
         read_s = self.stall_timeout_s() * _FFMPEG_TIMEOUT_SHARE
+        self._read_timeout_s = read_s / _FFMPEG_TIMEOUT_SHARE  # what FFmpeg will really allow
         try:
             container = av.open(
                 spec.url,
@@ -289,12 +312,17 @@ class LiveSource(Source):
         last_frame = time.monotonic()
         stall_s = self.stall_timeout_s()
         try:
-            for packet in container.demux(stream):
+            # every track is demuxed, not only the video: PyAV skips other tracks' packets inside
+            # its own loop, so a camera whose video froze while its audio kept flowing would
+            # never hand a packet back to the stop and stall checks below
+            for packet in container.demux():
                 t_dec = time.perf_counter()  # decoding cost only, not the wait for the network
                 if self.halted.is_set():
                     return ""
                 if time.monotonic() - last_frame > stall_s:
                     return f"stalled: no frame for {stall_s:.1f} s"
+                if packet.stream_index != stream.index:
+                    continue
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -305,6 +333,7 @@ class LiveSource(Source):
                     continue
                 for vf in decoded:
                     last_frame = time.monotonic()
+                    self._session_frames += 1
                     if self.state is not SourceState.RUNNING:
                         self._on_running(vf)
                         stall_s = self.stall_timeout_s()
@@ -331,6 +360,14 @@ class LiveSource(Source):
                             interval = 1.0 / self._fps if self._fps else 0.04
                             anchor = (vf.pts, now if self._last_pts < 0 else max(now, self._last_pts + interval))
                         pts = anchor[1] + float((vf.pts - anchor[0]) * tb)
+                        if prev_pts is not None and pts < prev_pts:
+                            # the stream clock went back (an encoder restart, a camera's clock
+                            # reset): start the session's clock again after the last frame
+                            # instead of squeezing every later frame behind it
+                            interval = 1.0 / self._fps if self._fps else 0.04
+                            anchor = (vf.pts, max(now, self._last_pts + interval))
+                            pts = anchor[1]
+                            flags |= FrameFlags.AFTER_GAP
                     if prev_pts is not None and self._fps and pts - prev_pts > 2.5 / self._fps:
                         flags |= FrameFlags.AFTER_GAP  # frames went missing in transport
                     prev_pts = pts
@@ -340,9 +377,12 @@ class LiveSource(Source):
                         return ""
                     if not self._deliver_live(image, pts, flags, decode_ms):
                         return ""
+                    # time spent waiting for buffer space (policy block) or for the frame's
+                    # moment (realtime) is not the stream stalling
+                    last_frame = time.monotonic()
                     t_dec = time.perf_counter()  # the packet's next frame, if any
         except av.error.ExitError:
-            return f"read timed out (no data for ~{stall_s:.1f} s)"
+            return f"read timed out (no data for ~{self._read_timeout_s:.1f} s)"
         except (av.error.FFmpegError, OSError) as exc:
             return f"read failed: {self._safe(exc)}"
         return "end of stream"
