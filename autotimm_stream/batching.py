@@ -142,7 +142,8 @@ class Batcher:
         self._take(batch, taken, buffers)
         if not batch:
             return []
-        deadline_ns = batch[0].enqueued_ns + int(self.policy.max_wait_ms * 1e6)
+        # from the oldest frame taken: round-robin may have visited a newer one first
+        deadline_ns = min(f.enqueued_ns for f in batch) + int(self.policy.max_wait_ms * 1e6)
         while len(batch) < self.policy.max_batch and not halt.is_set():
             open_ = [b for b in buffers if not b.exhausted]
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9

@@ -91,6 +91,8 @@ class Pipeline(Worker):
             self._adopt(s)
         self.batcher = Batcher([s.buffer for s in sources], self.bell, self.policy, keep_open=self._keep_open)
         self.retired: dict[str, Source] = {}  # sources removed at run time (ended, buffers empty), by id
+        self.replaced: dict[str, dict[str, Any]] = {}  # totals of retired sources whose id came back
+        self._ends_out: set[str] = set()  # sources whose end of stream the post thread has sent
         self.status: dict[str, StatusEvent] = {}  # latest state change per source
         self._sink_runners = [SinkRunner(s, self.abort, capacity=sink_queue) for s in sinks]
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=_READ_AHEAD)
@@ -125,10 +127,10 @@ class Pipeline(Worker):
     # -- life cycle ---------------------------------------------------------------------------
     def start(self, warmup: bool = True) -> None:
         """Warm the model up, open the sinks, then start the worker and the sources."""
-        for s in self.sources:
-            if s.info is None:
-                s.open()
         try:
+            for s in self.sources:
+                if s.info is None:
+                    s.open()
             if warmup:  # before any sink opens: a model that fails leaves nothing written
                 self.runner.warmup(tuple(sorted({1, self.policy.max_batch})))
             for sink in self.sinks:
@@ -187,8 +189,21 @@ class Pipeline(Worker):
         with self._sources_lock:
             if self.stop_event.is_set():
                 raise ConfigError(f"cannot add source {source.source_id!r}: the pipeline is stopping")
-            if any(s.source_id == source.source_id for s in self.sources):
-                raise ConfigError(f"a source with id {source.source_id!r} is already running; pick another id")
+            same = next((s for s in self.sources if s.source_id == source.source_id), None)
+            if same is not None:
+                sid = source.source_id
+                if same.removed.is_set():
+                    raise ConfigError(
+                        f"source {sid!r} was removed and its last results are still being delivered; "
+                        f"add it again in a moment"
+                    )
+                if same.started and not same.alive:
+                    state = getattr(same.state, "value", "ended")
+                    raise ConfigError(
+                        f"a source with id {sid!r} has ended ({state}) but is still listed; remove it "
+                        f"first to use its id again, or pick another id"
+                    )
+                raise ConfigError(f"a source with id {sid!r} is already running; pick another id")
             if len(source.buffer):
                 raise ValueError("a source added at run time must start with an empty buffer")
             self._adopt(source)
@@ -197,10 +212,22 @@ class Pipeline(Worker):
             if self.started_at:
                 source.low_priority = self._source_low_priority(source)
                 source.start()
-            self.retired.pop(source.source_id, None)
+            earlier = self.retired.pop(source.source_id, None)
+            if earlier is not None:
+                self._fold_replaced(earlier)
             self.sources = [*self.sources, source]
             self.batcher.set_buffers([s.buffer for s in self.sources])
         _logger.info("source %s added (%s)", source.source_id, source.describe())
+
+    def _fold_replaced(self, earlier: Source) -> None:
+        """Keep the totals of a retired source whose id is used again: counts by id restart at 0."""
+        rec = self.replaced.setdefault(
+            earlier.source_id, {"sessions": 0, "frames_decoded": 0, "frames_out": 0, "drops": {}}
+        )
+        rec["sessions"] += 1
+        rec["frames_decoded"] += earlier.frames_decoded
+        rec["frames_out"] += self.frames_out.pop(earlier.source_id, 0)
+        rec["drops"] = dict(Counter(rec["drops"]) + Counter(earlier.buffer.drops))
 
     def _source_low_priority(self, source: Source) -> bool:
         return self.support_priority == "low" or (self.support_priority == "auto" and source.offline)
@@ -223,14 +250,23 @@ class Pipeline(Worker):
             r.notify(event)
 
     def _retire(self, ended: set[str]) -> None:
-        """Forget sources removed at run time once their last result is out (memory stays bounded)."""
+        """Forget sources removed at run time once their last result is out (memory stays bounded).
+
+        Not before the post thread has sent the source's end of stream: until then its id cannot
+        be added again, so the counts by id it leaves behind are final.
+        """
         with self._sources_lock:
-            gone = [s for s in self.sources if s.removed.is_set() and s.source_id in ended and not s.alive]
+            gone = [
+                s
+                for s in self.sources
+                if s.removed.is_set() and s.source_id in ended and s.source_id in self._ends_out and not s.alive
+            ]
             if not gone:
                 return
             for s in gone:
                 self.retired[s.source_id] = s
                 ended.discard(s.source_id)
+                self._ends_out.discard(s.source_id)
             self.sources = [s for s in self.sources if s not in gone]
             self.batcher.set_buffers([s.buffer for s in self.sources])
 
@@ -276,13 +312,16 @@ class Pipeline(Worker):
         for svc in self.services:  # no source may be added while everything stops
             svc.close()
         self.stop()
-        deadline = time.monotonic() + timeout
+        stop_at = time.monotonic()
+        deadline = stop_at + timeout
         if self._threads and not self._done.wait(max(0.0, deadline - time.monotonic())):
             self.abort.set()
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
         for s in self.sources:
-            if not s.join(max(0.1, deadline - time.monotonic())):
+            # a capture thread inside FFmpeg's open or read cannot be interrupted: wait out its
+            # timeout rather than leave a thread behind that still holds the process
+            if not s.join(max(0.1, deadline - time.monotonic(), s.stop_wait_s() - (time.monotonic() - stop_at))):
                 _logger.error("source %s did not stop in time", s.source_id)
         for r in self._sink_runners:
             r.finish(self._sinks_stuck)
@@ -300,7 +339,7 @@ class Pipeline(Worker):
     # -- reporting ------------------------------------------------------------------------------
     @property
     def frames_total(self) -> int:
-        return sum(self.frames_out.values())
+        return sum(self.frames_out.values()) + sum(r["frames_out"] for r in self.replaced.values())
 
     def elapsed_s(self) -> float:
         if not self.started_at:
@@ -334,7 +373,9 @@ class Pipeline(Worker):
             "fps": round(total / elapsed, 2) if elapsed > 0 else 0.0,
             "batch_size_mean": round(self.batch_sizes.mean, 2),
             "sources": sources,
-            "drops": sum(sum(v["drops"].values()) for v in sources.values()),
+            # earlier sources whose id was added again (``sources`` shows the latest one)
+            "replaced": {k: dict(v) for k, v in self.replaced.items()},
+            "drops": sum(sum(v["drops"].values()) for v in [*sources.values(), *self.replaced.values()]),
             "stages_ms": {k: v.summary() for k, v in self.stages.items()},
             "sinks": {s.name: s.stats() for s in self.sinks},
             "torch_threads": dict(self.thread_counts),

@@ -90,12 +90,20 @@ class _Stream:
     buckets: dict[int, Bucket] = dataclasses.field(default_factory=dict)
     total: Bucket = dataclasses.field(default_factory=Bucket)  # the whole run (no outputs)
     first_t: float = 0.0
+    first_n: int = 0  # results delivered at first_t (a whole batch arrives at one moment)
     last_t: float = 0.0
     last_index: int | None = None
     states: Counter[str] = dataclasses.field(default_factory=Counter)
     events: deque[tuple[int, str]] = dataclasses.field(default_factory=lambda: deque(maxlen=_EVENTS))  # (at_ns, state)
     eos: EndOfStream | None = None
     ended_t: float | None = None
+
+
+def _interval(st: _Stream) -> float:
+    """Mean time between one source's results; 0 before two moments. The results of the first
+    moment came with no interval before them (a batch arrives at once), so they are not counted."""
+    span, n = st.last_t - st.first_t, st.total.frames - st.first_n
+    return span / n if span > 0 and n > 0 else 0.0
 
 
 def _outputs(r: Result) -> list[tuple[str, float]]:
@@ -203,7 +211,9 @@ class ReportSink(Sink):
         gap = i - last - 1 if last is not None and i > last else i  # else: first result, or a re-added source
         st.last_index = i
         if not st.total.frames:
-            st.first_t = t
+            st.first_t, st.first_n = t, 0
+        if t == st.first_t:
+            st.first_n += 1
         st.last_t, ms = t, _latency_ms(r)
         st.total.add(gap, ms)
         b.add(gap, ms)
@@ -244,8 +254,7 @@ class ReportSink(Sink):
             return [], w, (0.0, 0.0)
         lo, hi = min(st.buckets), max(st.buckets)
         rows = [(k * w, st.buckets[k].copy() if k in st.buckets else Bucket()) for k in range(lo, hi + 1)]
-        n = st.total.frames
-        step = (st.last_t - st.first_t) / (n - 1) if n > 1 else 0.0
+        step = _interval(st)
         return rows, w, (st.first_t, st.last_t + step)
 
     def buckets(self, source_id: str) -> list[tuple[float, Bucket]]:
@@ -326,7 +335,7 @@ class ReportSink(Sink):
             if st.eos is not None:
                 end += f" ({st.eos.reason}" + (f" at {st.ended_t:.1f} s)" if st.ended_t is not None else ")")
             cells = [
-                s, tot.frames, info.get("frames_decoded", "–"), f"{(tot.frames - 1) / span:.1f}" if span > 0 else "–",
+                s, tot.frames, info.get("frames_decoded", "–"), f"{1 / _interval(st):.1f}" if span > 0 else "–",
                 tot.dropped, ", ".join(f"{k} {v}" for k, v in drops[s].items()) or "none",
                 ", ".join(f"{k} {v}" for k, v in states.items()) or "–", states.get("reconnecting", 0),
                 end.strip() or "–",

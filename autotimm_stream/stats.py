@@ -31,7 +31,8 @@ class StageStats:
     def __init__(self) -> None:
         self.count = 0
         self.total = 0.0
-        self._recent: collections.deque[float] = collections.deque(maxlen=_RESERVOIR)
+        # (ms, frames) of the latest records: a batch stage's value stands for each of its frames
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=_RESERVOIR)
         self._lock = threading.Lock()
 
     def add(self, ms: float, n: int = 1) -> None:
@@ -39,7 +40,7 @@ class StageStats:
         with self._lock:
             self.count += n
             self.total += ms * n
-            self._recent.append(ms)
+            self._recent.append((ms, n))
 
     @property
     def mean(self) -> float:
@@ -47,13 +48,16 @@ class StageStats:
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            recent = np.fromiter(self._recent, dtype=np.float64)
+            recent = np.array(self._recent, dtype=np.float64).reshape(-1, 2)
+            count, mean = self.count, self.mean
         if not recent.size:
             return {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
-        p50, p95, p99 = np.percentile(recent, [50, 95, 99])
+        # percentiles per frame, as count and mean are (bounded: reservoir x batch size values)
+        per_frame = np.repeat(recent[:, 0], recent[:, 1].astype(np.int64))
+        p50, p95, p99 = np.percentile(per_frame, [50, 95, 99])
         return {
-            "count": self.count,
-            "mean": round(self.mean, 3),
+            "count": count,
+            "mean": round(mean, 3),
             "p50": round(float(p50), 3),
             "p95": round(float(p95), 3),
             "p99": round(float(p99), 3),

@@ -123,6 +123,7 @@ class Worker:
     _infer_threads: int
     _low_support: bool
     _stop_requested_at: float | None
+    _ends_out: set[str]
 
     def kill(self) -> None:  # provided by Pipeline
         raise NotImplementedError
@@ -255,7 +256,9 @@ class Worker:
         """
         limit = self._read_ahead()
         with self._taken:
-            while self._prepared.qsize() > limit:
+            # files: stop at `limit` queued (a batch formed now would wait in put, holding one
+            # more full batch); live: until the model has taken the last one
+            while self._prepared.qsize() >= max(limit, 1):
                 if self.abort.is_set():
                     return False
                 self._taken.wait(_POLL_S)
@@ -343,6 +346,7 @@ class Worker:
                 if isinstance(item, EndOfStream):
                     item.frames = self.frames_out[item.source_id]
                     self._emit(item)
+                    self._ends_out.add(item.source_id)  # now it may be retired (its counts are final)
                     continue
                 self._emit(self._finish(*item))
         finally:
@@ -416,7 +420,12 @@ class Worker:
         peer): give up on delivery so the stop is bounded."""
         t = self._stop_requested_at
         if t is not None and time.monotonic() - t > self.drain_timeout_s + _SINK_GRACE_S:
-            _logger.warning("a sink took nothing for %.1f s after the stop; abandoning delivery", self.drain_timeout_s)
+            _logger.warning(
+                "sinks still held results %.1f s after the stop (drain_timeout_s %.1f + %.1f s); abandoning delivery",
+                time.monotonic() - t,
+                self.drain_timeout_s,
+                _SINK_GRACE_S,
+            )
             self.abort.set()
             return True
         return False

@@ -49,6 +49,18 @@ def test_frame_that_already_waited_does_not_wait_again():
     assert time.monotonic() - t0 < 0.2  # a fresh wait would take 0.25 s
 
 
+def test_the_deadline_counts_from_the_oldest_frame_not_the_first_source_visited():
+    bufs, bell = make(2)
+    fill(bufs[1], "b", 1)  # the older frame, in the source visited second
+    time.sleep(0.15)
+    fill(bufs[0], "a", 1)
+    b = Batcher(bufs, bell, BatchPolicy(max_batch=8, max_wait_ms=250))
+    batch = b.next_batch(threading.Event())
+    assert [f.source_id for f in batch] == ["a", "b"]
+    waited_ms = (time.monotonic_ns() - min(f.enqueued_ns for f in batch)) / 1e6
+    assert waited_ms < 250 + 60  # counting from "a" it would be ~400 ms
+
+
 def test_round_robin_and_per_source_cap():
     bufs, bell = make(3)
     fill(bufs[0], "a", 10)

@@ -74,6 +74,18 @@ def test_fps_per_bucket_including_partial_first_and_last_buckets():
     assert sink.rates("c")[1] == pytest.approx([10])  # rated over its own span
 
 
+def test_fps_of_results_that_arrive_a_batch_at_a_time(tmp_path):
+    # 8 results a second, delivered as one batch of 8 each second for 4 s: 8 fps, not 10.3
+    clock = Clock()
+    sink = ReportSink(clock=clock)
+    for sec in range(4):
+        clock.t = 100.0 + sec
+        sink.write([result("cam", 8 * sec + j) for j in range(8)])
+    md = Path(sink.render(str(tmp_path), {})).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| cam "))
+    assert row.split(" | ")[3] == "8.0"
+
+
 def test_index_gaps_are_counted_as_drops_in_their_bucket():
     clock = Clock()
     sink = ReportSink(clock=clock)

@@ -156,6 +156,11 @@ class ModelRunner:
                 for _ in range(iterations):
                     out = self.forward(x)
             except RuntimeError as exc:
+                if "out of memory" in str(exc).lower():
+                    raise ModelError(
+                        f"model bundle {self.path!r}: a batch of {b} at {h}x{w} does not fit in {self.device}'s "
+                        f"memory ({first_line(exc)}); lower batching.max_batch or use a smaller --image-size"
+                    ) from None
                 raise ModelError(
                     f"model bundle {self.path!r} fails on a [{b}, 3, {h}, {w}] input, the size its metadata "
                     f"declares ({first_line(exc)}); re-export it with the right --image-size"
