@@ -25,7 +25,7 @@ import zmq
 
 from .errors import StreamError
 from .frame import Detection, Prediction
-from .protocol import RESULT_KINDS, SCHEMA_VERSION, ProtocolError, decode_mask, split_topic, validate
+from .protocol import MASK_PART, RESULT_KINDS, SCHEMA_VERSION, ProtocolError, decode_mask, split_topic, validate
 
 __all__ = [
     "Subscriber",
@@ -115,18 +115,30 @@ def parse_message(parts: list[bytes] | list[Any], check: bool = False) -> Messag
         header = json.loads(raw[1])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{topic}: the header is not JSON ({exc})") from None
-    version = header.get("schema") if isinstance(header, dict) else None
-    if version != SCHEMA_VERSION:
+    if not isinstance(header, dict):
+        raise ProtocolError(f"{topic}: expected the header to be a JSON object, got {type(header).__name__}")
+    version = header.get("schema")
+    # type checked too: JSON's true and 1.0 compare equal to 1 in Python but are not schema 1
+    if type(version) is not int or version != SCHEMA_VERSION:
+        newer = type(version) is int and version > SCHEMA_VERSION
+        hint = "upgrade autotimm-stream to read newer engines" if newer else "is this an autotimm-stream engine?"
         raise ProtocolError(
-            f"{topic}: schema {version!r}; this client reads schema {SCHEMA_VERSION} "
-            "(upgrade autotimm-stream to read newer engines)"
+            f"{topic}: expected header field 'schema' to be the integer {SCHEMA_VERSION}, "
+            f"got {json.dumps(version)}; {hint}"
         )
     if check:
         validate(topic, header, raw[2:])
     base = {"topic": topic, "kind": kind, "source_id": source_id, "header": header}
     try:
         if kind in RESULT_KINDS:
-            mask = decode_mask(header["mask"], raw[2]) if "mask" in header and len(raw) > 2 else None
+            mask = None
+            if "mask" in header:
+                if len(raw) <= MASK_PART:
+                    raise ProtocolError(
+                        f"{topic}: the header announces a mask, expected it as part {MASK_PART} of the message, "
+                        f"got {len(raw)} parts (the mask part is missing)"
+                    )
+                mask = decode_mask(header["mask"], raw[MASK_PART])
             return ResultMessage(
                 **base,
                 task=header["task"],

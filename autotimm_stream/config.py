@@ -11,13 +11,33 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigError
 
 __all__ = ["RunConfig", "SourceConfig", "load_config", "apply_overrides", "validate_config", "validate_source"]
 
 _ID_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # in ZMQ topics and file names: never ".", ".." or "-x"
+
+
+def _file_name(value: str) -> str:
+    # caught here, not after a whole run is processed and the sink opens a folder as a file
+    if not value or value.endswith(("/", "\\")) or os.path.basename(value) in (".", ".."):
+        raise ValueError("expected a file name such as 'out.mp4' (a folder part is fine, e.g. '{source}/out.mp4')")
+    return value
+
+
+FileName = Annotated[str, AfterValidator(_file_name)]
 
 
 class _Strict(BaseModel):
@@ -63,7 +83,9 @@ class ReconnectConfig(_Strict):
     max_delay_s: float = Field(30.0, gt=0, le=86_400)
     multiplier: float = Field(2.0, ge=1, le=100)
     jitter: float = Field(0.2, ge=0, lt=1, description="+- fraction of random spread")
-    max_attempts: int | None = Field(None, ge=1, description="consecutive failures before FAILED; null = forever")
+    max_attempts: int | None = Field(
+        None, ge=1, description="failed attempts in a row before FAILED (no frame counts as a failure); null = forever"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReconnectConfig:
@@ -186,7 +208,9 @@ class ZmqConfig(_Strict):
     endpoint: str = Field("tcp://127.0.0.1:5555", pattern=r"^(tcp|ipc|inproc)://.+")
     mode: Literal["pub", "push"] = Field("pub", description="pub: fan-out, never blocks; push: reliable, waits")
     hwm: int = Field(1000, ge=1, description="messages queued per subscriber before sends are dropped")
-    wait_subscribers: int = Field(0, ge=0, description="wait for this many subscribers before starting")
+    wait_subscribers: int = Field(
+        0, ge=0, description="wait for this many subscriptions (one per client and topic prefix) before starting"
+    )
     wait_timeout_s: float = Field(5.0, ge=0)
     mask_encoding: Literal["raw", "png"] = Field("raw", description="segmentation class maps: raw bytes or PNG")
     heartbeat_s: float = Field(1.0, ge=0, description="a heartbeat/<source> message this often; 0 = none")
@@ -201,12 +225,12 @@ class ZmqConfig(_Strict):
 
 class JsonlConfig(_Strict):
     enabled: bool = True
-    filename: str = "predictions.jsonl"
+    filename: FileName = Field("predictions.jsonl", description="file in output_dir")
 
 
 class VideoConfig(_Strict):
     enabled: bool = True
-    filename: str = Field("annotated.mp4", description="'{source}' is replaced by the source id")
+    filename: FileName = Field("annotated.mp4", description="in output_dir; '{source}' is replaced by the source id")
     crf: int = Field(23, ge=0, le=51)
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
 
@@ -270,22 +294,37 @@ class RunConfig(_Strict):
         return self
 
 
-def _path(loc: tuple[Any, ...]) -> str:
+def _tag_index(loc: tuple[Any, ...], data: Any, root: str) -> int | None:
+    """Where in ``loc`` pydantic put the source type it chose (a tag that adds nothing to the path), if it did."""
+    if root == "source":
+        i, value = 0, data
+    elif len(loc) > 2 and loc[0] == "sources" and isinstance(loc[1], int):
+        i = 2
+        try:
+            value = data["sources"][loc[1]]
+        except (KeyError, IndexError, TypeError):
+            return None
+    else:
+        return None
+    return i if len(loc) > i and loc[i] == _source_type(value) else None
+
+
+def _path(loc: tuple[Any, ...], tag_index: int | None = None) -> str:
     out = ""
-    for part in loc:
+    for k, part in enumerate(loc):
+        if k == tag_index:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in SOURCE_TYPES and (not out or out.startswith("sources")):  # discriminator tag adds nothing
-            continue
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
-def _format(exc: ValidationError, origin: str) -> str:
+def _format(exc: ValidationError, origin: str, data: Any, root: str) -> str:
     lines = []
     for err in exc.errors():
-        where = _path(err["loc"])
+        where = _path(err["loc"], _tag_index(err["loc"], data, root))
         kind = err["type"]
         if kind == "extra_forbidden":
             lines.append(f"{where}: unknown key (remove it or check its spelling)")
@@ -293,8 +332,15 @@ def _format(exc: ValidationError, origin: str) -> str:
             tag = (err.get("ctx") or {}).get("tag")
             field_ = "type" if where == "(top level)" else f"{where}.type"
             lines.append(f"{field_}: unknown source type {tag!r}; expected one of {list(SOURCE_TYPES)}")
-        elif kind == "value_error" and where == "(top level)":
-            lines.append(err["msg"].removeprefix("Value error, "))
+        elif kind == "value_error":
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            if where == "(top level)":
+                lines.append(msg)
+            elif isinstance(got, (dict, list)):  # a section's own check: its message names the values
+                lines.append(f"{where}: {msg}")
+            else:
+                lines.append(f"{where}: {msg}, got {got!r}")
         elif kind == "missing":
             lines.append(f"{where}: required field is missing")
         else:
@@ -304,18 +350,18 @@ def _format(exc: ValidationError, origin: str) -> str:
     return f"{origin}: " + "; ".join(lines)
 
 
-def _validated(validate: Any, data: Any, origin: str, keys: str) -> Any:
+def _validated(validate: Any, data: Any, origin: str, keys: str, root: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping with {keys}..., got {type(data).__name__}")
     try:
         return validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, origin)) from None
+        raise ConfigError(_format(exc, origin, data, root)) from None
 
 
 def validate_config(data: Any, origin: str = "config") -> RunConfig:
     """A :class:`RunConfig` from parsed YAML, or :class:`ConfigError` naming each bad field."""
-    return _validated(RunConfig.model_validate, data, origin, "sources/model/")
+    return _validated(RunConfig.model_validate, data, origin, "sources/model/", "config")
 
 
 _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
@@ -323,7 +369,7 @@ _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
 
 def validate_source(data: Any, origin: str = "source") -> Any:
     """One source's config (as in ``sources[i]``) from parsed JSON/YAML, or :class:`ConfigError`."""
-    return _validated(_SOURCE_ADAPTER.validate_python, data, origin, "id/type/uri/")
+    return _validated(_SOURCE_ADAPTER.validate_python, data, origin, "id/type/uri/", "source")
 
 
 def _parse_value(text: str) -> Any:
@@ -366,6 +412,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
     """Read, override and validate a YAML config. Relative paths are relative to the working folder."""
     p = Path(path)
+    if p.is_dir():
+        inside = sorted(str(f) for f in p.glob("*.y*ml"))[:3]
+        hint = f" such as {', '.join(inside)}" if inside else ""
+        raise ConfigError(f"config {str(p)!r} is a folder; expected a YAML file{hint}")
     if not p.is_file():
         raise ConfigError(f"config {str(p)!r} not found; expected a YAML file (see configs/ for examples)")
     try:

@@ -162,6 +162,78 @@ def test_client_refuses_a_newer_schema_with_advice():
         parse_message([b"eos/cam", json.dumps({"schema": 2, "source_id": "cam"}).encode()])
 
 
+_EOS = {"schema": 1, "source_id": "cam", "frames": 3, "reason": "end"}
+
+
+@pytest.mark.parametrize(
+    "parts, error",
+    [
+        # true and 1.0 equal 1 in Python, but neither is the integer schema 1
+        ([b"eos/cam", json.dumps({**_EOS, "schema": True}).encode()], "expected .*'schema'.* integer 1, got true"),
+        ([b"eos/cam", json.dumps({**_EOS, "schema": 1.0}).encode()], "expected .*'schema'.* integer 1, got 1.0"),
+        ([b"eos/cam", json.dumps({**_EOS, "schema": "1"}).encode()], 'expected .*integer 1, got "1"'),
+        ([b"eos/cam", json.dumps({k: v for k, v in _EOS.items() if k != "schema"}).encode()], "got null"),
+        ([b"eos/cam", b"[1]"], "expected the header to be a JSON object, got list"),
+        # the header announces a mask that never came: not a result without a mask
+        ([b"segmentation/cam", json.dumps(_result_header()).encode()], "announces a mask.*got 2 parts"),
+    ],
+)
+def test_client_refuses_what_schema_1_does_not_allow(parts, error):
+    with pytest.raises(ProtocolError, match=error):
+        parse_message(parts)
+
+
+def test_client_decodes_a_mask_that_came_with_its_header():
+    msg = parse_message([b"segmentation/cam", json.dumps(_result_header()).encode(), bytes(range(8))])
+    assert isinstance(msg, ResultMessage)
+    assert msg.mask is not None and msg.mask.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_wait_subscribers_counts_clients_that_share_a_prefix(endpoint, caplog):
+    """Two clients with the default prefix "" are two subscriptions: open() returns once both are in,
+    not after its timeout (libzmq passes on a repeated prefix only with XPUB_VERBOSE)."""
+    sink = ZmqSink(endpoint, wait_subscribers=2, wait_timeout_s=10.0)
+    opener = threading.Thread(target=sink.open, name="opener")
+    started = time.monotonic()
+    opener.start()
+    subs = [Subscriber(endpoint), Subscriber(endpoint)]  # they reconnect until the sink has bound
+    try:
+        opener.join(15)
+        assert not opener.is_alive()
+        assert time.monotonic() - started < 5.0, "open() waited for its timeout: two clients counted as one"
+        assert "starting anyway" not in caplog.text
+        sink.status(StatusEvent("cam", SourceState.RUNNING, None, "ok"))
+        for sub in subs:  # both get what is published once open() returns
+            got = sub.recv(5.0)
+            assert isinstance(got, StatusMessage) and got.state == "running"
+    finally:
+        for sub in subs:
+            sub.close()
+        opener.join(15)
+        sink.close()
+
+
+def test_subscriptions_of_clients_that_come_and_go_are_not_left_queued(endpoint):
+    sink = ZmqSink(endpoint)
+    sink.open()
+    subs = [Subscriber(endpoint, topics=(f"status/cam{k}",)) for k in range(20)]  # a new prefix each
+    try:
+        for k, sub in enumerate(subs):  # a message received proves the sink has this subscription
+
+            def got(k=k, sub=sub):
+                sink.status(StatusEvent(f"cam{k}", SourceState.RUNNING, None, "ok"))
+                return sub.recv(0.05) is not None
+
+            wait_for(got, 10.0, f"subscriber {k} to be connected")
+        assert sink._sock is not None and sink._sock.poll(0, zmq.POLLIN)  # 20 queued for the sink
+        sink.tick()
+        assert not sink._sock.poll(0, zmq.POLLIN)
+    finally:
+        for sub in subs:
+            sub.close()
+        sink.close()
+
+
 # -- a real engine, read with the client ----------------------------------------------------------
 @pytest.mark.parametrize("encoding", ["raw", "png"])
 def test_client_gets_typed_segmentation_results_with_exact_masks(clip, seg_bundle, tmp_path, endpoint, encoding):

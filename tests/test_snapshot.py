@@ -89,7 +89,32 @@ def test_time_going_backwards_starts_afresh_and_a_new_stream_too(tmp_path):
     s.write([det(2, ("dog", 0.9), pts=0.0)])  # the source's clock restarted (a looping file)
     s.end_of_stream(EndOfStream("cam", frames=3))
     s.write([det(3, ("dog", 0.9), pts=5.0)])  # the same id added again: its own clock
-    assert [n[4:12] for n in jpgs(tmp_path / "snaps")] == ["00000000", "00000002", "00000003"]
+    assert jpgs(tmp_path / "snaps") == ["cam_00000000_dog.jpg", "cam_00000002_dog.jpg", "cam_2_00000003_dog.jpg"]
+
+
+def _shade(path: str) -> float:
+    return float(cv2.imread(path, cv2.IMREAD_GRAYSCALE).mean())
+
+
+def test_a_source_added_again_never_overwrites_its_first_snapshots(tmp_path):
+    """Its frame indices restart at 0: each later session gets its own names (as the video's files do)."""
+    s = sink(tmp_path, annotated=False)
+    for session, shade in enumerate((10, 130, 250)):
+        if session:
+            s.end_of_stream(EndOfStream("cam", frames=1, reason="removed"))
+        s.write([det(0, ("dog", 0.9), img=np.full((32, 32, 3), shade, np.uint8))])
+    names = ["cam_00000000_dog.jpg", "cam_2_00000000_dog.jpg", "cam_3_00000000_dog.jpg"]
+    assert jpgs(tmp_path / "snaps") == names
+    assert s.paths == [str(tmp_path / "snaps" / n) for n in names]
+    assert s.stats()["written"] == 3
+    assert [_shade(p) for p in s.paths] == pytest.approx([10, 130, 250], abs=3)  # each session's own frame
+
+
+def test_sources_whose_names_sanitise_alike_never_overwrite_each_other(tmp_path):
+    s = sink(tmp_path)
+    s.write([det(0, ("dog", 0.9), source="cam 1"), det(0, ("dog", 0.9), source="cam/1")])
+    assert jpgs(tmp_path / "snaps") == ["cam_1_00000000_dog.jpg", "cam_1_00000000_dog_2.jpg"]
+    assert s.stats()["written"] == 2
 
 
 def _seg(fraction: float) -> Result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 from autotimm_stream.config import validate_config
+from autotimm_stream.errors import SinkError
 from autotimm_stream.frame import Frame, Result
+from autotimm_stream.sinks.base import EndOfStream
 from autotimm_stream.sinks.video import VideoSink
 from autotimm_stream.synthetic import write_clip
 
@@ -105,6 +108,57 @@ def test_two_sources_make_two_files_each_with_its_own_frames_and_pts(clip, vfr_c
         assert pts == pytest.approx([r["pts"] for r in rows if r["source_id"] == source]), source
         with av.open(str(out / name)) as c:
             assert (c.streams.video[0].width, c.streams.video[0].height) == size
+
+
+def _frames(source: str, n: int) -> list[Result]:
+    tb = Fraction(1, 12800)
+    return [
+        Result(
+            frame=Frame(source, i, i / 25, 0, np.full((120, 160, 3), 4 * i, np.uint8), time_base=tb, pts_raw=i * 512),
+            task="classification",
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("filename", ["videos/annotated.mp4", "videos/{source}/annotated.mp4", "a/b/{source}.mp4"])
+def test_a_filename_in_folders_not_made_yet_opens_and_makes_them(tmp_path, filename):
+    """open() checks the nearest folder that exists: the filename's own folders are made with the first frame."""
+    sink = VideoSink(str(tmp_path / filename), fps={"cam": 25.0})
+    with sink:
+        sink.write(_frames("cam", 3))
+    path = tmp_path / filename.format(source="cam")
+    assert sink.stats() == {"paths": {"cam": str(path)}, "frames": {"cam": 3}}
+    assert decode_pts(path)[0] == pytest.approx([0.0, 0.04, 0.08])
+
+
+def test_a_filename_whose_folder_is_a_file_names_the_filename(tmp_path):
+    (tmp_path / "videos").write_text("not a folder")
+    with pytest.raises(SinkError, match=r"sinks\.video\.filename: .*videos' is not a folder"):
+        VideoSink(str(tmp_path / "videos" / "sub" / "annotated.mp4")).open()
+
+
+def test_an_unwritable_output_dir_is_a_clear_error(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    # os.access, not chmod: the tests may run as root, who may write anywhere
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(out))
+    with pytest.raises(SinkError, match=r"sinks\.video: cannot write into .*out'.*pick a writable output_dir"):
+        VideoSink(str(out / "videos" / "annotated.mp4")).open()
+
+
+def test_a_source_added_again_keeps_both_files_in_the_summary(tmp_path):
+    sink = VideoSink(str(tmp_path / "annotated.mp4"), several_sources=True, fps={"cam": 25.0})
+    with sink:
+        sink.write(_frames("cam", 3))
+        sink.end_of_stream(EndOfStream("cam", frames=3, reason="removed"))
+        sink.write(_frames("cam", 2))  # added again under the same id: frame indices restart
+    first, second = tmp_path / "annotated_cam.mp4", tmp_path / "annotated_cam_2.mp4"
+    assert sink.stats() == {
+        "paths": {"cam": str(first), "cam#2": str(second)},
+        "frames": {"cam": 3, "cam#2": 2},
+    }
+    assert len(decode_pts(first)[0]) == 3 and len(decode_pts(second)[0]) == 2
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,15 @@
-"""Writes one JSON line per result."""
+"""Writes one JSON line per result.
+
+Lines reach the file at most about ``_FLUSH_S`` after they were written, whether results keep
+coming or not (:meth:`JsonlSink.tick` flushes a quiet stream's last lines), so a killed engine
+loses at most about that much; :meth:`JsonlSink.close` also syncs a regular file to disk.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from typing import IO, Any
 
@@ -17,12 +23,15 @@ _FLUSH_S = 1.0  # a crash loses at most about this much
 
 
 class JsonlSink(Sink):
+    """One JSON object per line per result, in ``path`` (a regular file, a FIFO or ``/dev/stdout``)."""
+
     name = "jsonl"
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._fh: IO[str] | None = None
         self._last_flush = 0.0
+        self._unflushed = False  # lines written since the last flush
         self.lines = 0
 
     def open(self) -> None:
@@ -39,17 +48,41 @@ class JsonlSink(Sink):
             self._fh.write(json.dumps(r.to_json(), separators=(",", ":")))
             self._fh.write("\n")
         self.lines += len(results)
+        self._unflushed = self._unflushed or bool(results)
+        self._flush_if_due()
+
+    def tick(self) -> None:
+        # results may stop arriving (a quiet camera, a paused file): their last lines must not wait
+        # in Python's buffer for a write that may never come
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
+        if self._fh is None or not self._unflushed:
+            return
         now = time.monotonic()
         if now - self._last_flush >= _FLUSH_S:
             self._fh.flush()
             self._last_flush = now
+            self._unflushed = False
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        fh, self._fh = self._fh, None  # forgotten first: a failed close is not retried on a broken file
+        if fh is None:
+            return
+        try:
+            try:
+                fh.flush()
+                # only a regular file can be synced: fsync on a FIFO, a pipe or a terminal (path
+                # /dev/stdout) fails with EINVAL although every line was delivered
+                if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    os.fsync(fh.fileno())
+            finally:
+                fh.close()  # releases the descriptor even when the flush failed (it raises again)
+        except OSError as exc:
+            raise SinkError(
+                f"sinks.jsonl: cannot finish {self.path!r} ({exc.strerror}); its last lines may be missing; "
+                "expected a file system with free space (free some, or pick another output_dir)"
+            ) from None
 
     def stats(self) -> dict[str, Any]:
         return {"lines": self.lines, "path": self.path}

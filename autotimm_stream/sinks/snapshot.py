@@ -15,7 +15,11 @@ write one per flicker). Time is the source's PTS, so a file gives the same snaps
 played in real time or ten times faster; frames without a PTS fall back to their capture time.
 
 Files are named ``{source}_{frame_index:08d}_{class}.jpg`` and appear atomically (written under a
-hidden temporary name, then renamed), so a watcher of the folder never reads half a JPEG.
+hidden temporary name, then renamed), so a watcher of the folder never reads half a JPEG. A source
+removed and added again under the same id counts its frames from 0 again: its later sessions are
+named ``{source}_2_...``, ``{source}_3_...`` (as the annotated video's files are), and a name this
+sink has already written (two ids that sanitise alike) gets ``_2``, ``_3``... before ``.jpg``, so
+no snapshot of a run replaces another.
 ``max_files`` bounds the disk a long run can use: past it, snapshots are counted as skipped.
 """
 
@@ -167,6 +171,9 @@ class SnapshotSink(Sink):
         self.failed = 0  # snapshots that could not be encoded or written (disk full, folder removed)
         self.per_class: Counter[str] = Counter()
         self.paths: list[str] = []  # files written, in order (at most max_files)
+        self._names: set[str] = set()  # file names written (at most max_files): never overwritten
+        self._sessions: dict[str, int] = {}  # source -> how many times it has started (1 for most)
+        self._ended: set[str] = set()  # sources whose end of stream came: a later result starts anew
 
     def open(self) -> None:
         try:
@@ -184,6 +191,10 @@ class SnapshotSink(Sink):
         if not self._wanted:
             return
         for r in results:
+            sid = r.source_id
+            if sid not in self._sessions or sid in self._ended:
+                self._ended.discard(sid)
+                self._sessions[sid] = self._sessions.get(sid, 0) + 1
             due = self._due(r)
             if due:
                 self._save(r, due)
@@ -224,18 +235,31 @@ class SnapshotSink(Sink):
         if not ok:
             self._failed(f"frame {r.index} of {r.source_id} could not be encoded as JPEG", len(due))
             return
-        stem = f"{safe_name(r.source_id, fallback='source')}_{r.index:08d}"
+        source = safe_name(r.source_id, fallback="source")
+        session = self._sessions.get(r.source_id, 1)
+        if session > 1:  # the source was added again: its frame indices restarted at 0
+            source = f"{source}_{session}"
+        stem = f"{source}_{r.index:08d}"
         for c in due:
-            name = f"{stem}_{self._file_names[c]}.jpg"
+            name = self._unused(f"{stem}_{self._file_names[c]}")
             path = os.path.join(self.folder, name)
             try:
                 write_bytes_atomic(path, jpeg.tobytes())
             except OSError as exc:
                 self._failed(f"cannot write {path!r} ({exc.strerror})", 1)
                 continue
+            self._names.add(name)
             self.written += 1
             self.per_class[c] += 1
             self.paths.append(path)
+
+    def _unused(self, stem: str) -> str:
+        """``stem.jpg``, or ``stem_N.jpg`` when this sink already wrote that name (never overwrite one)."""
+        name, n = f"{stem}.jpg", 1
+        while name in self._names:
+            n += 1
+            name = f"{stem}_{n}.jpg"
+        return name
 
     def _failed(self, why: str, n: int) -> None:
         # a snapshot is a side product: a full disk must not stop inference, but it must be seen
@@ -244,9 +268,11 @@ class SnapshotSink(Sink):
         self.failed += n
 
     def end_of_stream(self, eos: EndOfStream) -> None:
-        # a source added again under the same id starts with its own clock
+        # a source added again under the same id starts with its own clock and its own file names
         for key in [k for k in self._last if k[0] == eos.source_id]:
             del self._last[key]
+        if eos.source_id in self._sessions:
+            self._ended.add(eos.source_id)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,10 @@
 The output stream uses the source's time base and each frame keeps its source PTS, so the video
 plays at the right speed even when frames were dropped. The MP4 is fragmented and flushed per
 fragment, so a killed engine leaves a playable file missing at most about a second.
+
+A source removed and added again under the same id gets a new file (``_2``, ``_3``... before the
+extension), never overwriting the first; :meth:`VideoSink.stats` lists every file, the first of a
+source under its id and later ones under ``<id>#2``, ``<id>#3``...
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class _Writer:
         self, path: str, width: int, height: int, time_base: Fraction, fps: float | None, options: dict[str, str]
     ):
         self.path = path
+        self.key = ""  # the file's key in VideoSink.stats (the source id, or "<id>#N" for a later session)
         # delay_moov, not empty_moov: the moov goes out with the first fragment, once the first
         # timestamp is known, so a video whose first frame is not at 0 (leading frames dropped, a
         # live stream's connect delay) starts with an edit list at that time instead of being
@@ -99,7 +104,11 @@ class _Writer:
 
 
 class VideoSink(Sink):
-    """Annotated H.264 (yuv420p, browser-playable) MP4 per source."""
+    """Annotated H.264 (yuv420p, browser-playable) MP4 per source.
+
+    ``paths`` and ``frames`` hold every file written, keyed by source id, or ``<id>#N`` for the
+    N-th time a source was added (whose file gets a ``_N`` suffix, so none is overwritten).
+    """
 
     name = "video"
 
@@ -116,16 +125,30 @@ class VideoSink(Sink):
         self.fps = fps or {}
         self.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency"}
         self._writers: dict[str, _Writer] = {}
-        self.paths: dict[str, str] = {}
-        self.frames: dict[str, int] = {}
+        self.paths: dict[str, str] = {}  # key (see the class docstring) -> file
+        self.frames: dict[str, int] = {}  # key -> frames written, once the file is closed
+        self._sessions: dict[str, int] = {}  # source -> files started for it
         self._used: set[str] = set()
 
     def open(self) -> None:
-        # the folder that must exist now: above the first part named after the source, if any
-        # ("out/{source}/annotated.mp4" makes out/cam1/ when cam1's first frame arrives)
-        folder = os.path.dirname(os.path.abspath(self.path_template.split("{source}")[0] + "x")) or "."
-        if not os.access(folder, os.W_OK):
-            raise SinkError(f"sinks.video: cannot write into {folder!r}; pick a writable output_dir")
+        # the folder the files go in, up to the first part named after the source, if any; it and
+        # the subfolders of the filename ("videos/annotated.mp4", "{source}/annotated.mp4") are
+        # made when a source's first frame arrives, so what must be writable now is the nearest
+        # folder that exists
+        folder = os.path.dirname(os.path.abspath(self.path_template.split("{source}")[0] + "x"))
+        existing = folder
+        while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise SinkError(
+                f"sinks.video.filename: {existing!r} is not a folder, but {self.path_template!r} needs one there; "
+                "pick a filename whose folders are not existing files"
+            )
+        if not os.access(existing, os.W_OK):
+            raise SinkError(
+                f"sinks.video: cannot write into {existing!r}, where {self.path_template!r} goes; expected a "
+                "writable folder: pick a writable output_dir (or a sinks.video.filename in a writable folder)"
+            )
 
     def _writer(self, r: Result) -> _Writer:
         w = self._writers.get(r.source_id)
@@ -143,8 +166,10 @@ class VideoSink(Sink):
                 w = _Writer(path, r.frame.width, r.frame.height, tb, self.fps.get(r.source_id), self.options)
             except (OSError, av.error.FFmpegError) as exc:
                 raise SinkError(f"sinks.video: cannot create {path!r} ({exc})") from None
+            n = self._sessions[r.source_id] = self._sessions.get(r.source_id, 0) + 1
+            w.key = r.source_id if n == 1 else f"{r.source_id}#{n}"
             self._writers[r.source_id] = w
-            self.paths[r.source_id] = path
+            self.paths[w.key] = path
         return w
 
     def write(self, results: list[Result]) -> None:
@@ -154,18 +179,18 @@ class VideoSink(Sink):
     def end_of_stream(self, eos: EndOfStream) -> None:
         w = self._writers.pop(eos.source_id, None)
         if w is not None:
-            self._close(eos.source_id, w)
+            self._close(w)
 
-    def _close(self, source_id: str, w: _Writer) -> None:
-        self.frames[source_id] = w.frames
+    def _close(self, w: _Writer) -> None:
+        self.frames[w.key] = w.frames
         w.close()
         _logger.info("video %s: %d frames", w.path, w.frames)
 
     def close(self) -> None:
         writers, self._writers = self._writers, {}
-        for source_id, w in writers.items():
+        for w in writers.values():
             try:
-                self._close(source_id, w)
+                self._close(w)
             except (OSError, av.error.FFmpegError) as exc:
                 _logger.error("video %s: close failed: %s", w.path, exc)
 

@@ -10,10 +10,11 @@ Segmentation results add one payload part, the class map (raw or PNG, described 
 ``pub`` mode binds an XPUB with ``XPUB_NODROP``: a send that would exceed a subscriber's
 high-water mark fails at once instead of dropping silently, so every lost message is counted;
 ``wait_subscribers`` makes :meth:`open` wait (bounded) for that many subscriptions, so
-subscribers that connect before the run starts get the first message too. ``push`` mode binds a
-PUSH socket: nothing is lost while a PULL peer is connected; when every peer is slow or absent the
-sink waits, which backs up the pipeline (files wait, live sources drop their oldest frames), and
-gives up only when the pipeline aborts. Optional CURVE encryption and client authentication
+subscribers that connect before the run starts get the first message too; each topic prefix of
+each SUB socket counts as one (a client with the default prefix ``""`` counts one). ``push``
+mode binds a PUSH socket: nothing is lost while a PULL peer is connected; when every peer is slow
+or absent the sink waits, which backs up the pipeline (files wait, live sources drop their oldest
+frames), and gives up only when the pipeline aborts. Optional CURVE encryption and client authentication
 (key files made by ``autotimm-stream keygen``).
 """
 
@@ -104,7 +105,8 @@ class ZmqSink(Sink):
         endpoint: where to bind (``tcp://127.0.0.1:5555`` by default; ``tcp://*:N`` reaches other machines).
         mode: ``pub`` (fan-out, never blocks, drops counted) or ``push`` (reliable, backpressure).
         hwm: messages queued per peer before PUB drops / PUSH waits.
-        wait_subscribers, wait_timeout_s: ``pub`` only: wait for that many subscriptions first.
+        wait_subscribers, wait_timeout_s: ``pub`` only: wait for that many subscriptions first (each
+            topic prefix of each subscriber counts one).
         mask_encoding: ``raw`` or ``png`` for segmentation class maps.
         heartbeat_s: a ``heartbeat/<source>`` per source this often (0 = none); needs ``heartbeat``.
         heartbeat: returns one dict per current source (``Pipeline.heartbeat``).
@@ -190,6 +192,11 @@ class ZmqSink(Sink):
         options = self._curve_options()
         if self.mode == "pub":
             options.update({zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1})
+            if self.wait_subscribers:
+                # without VERBOSE libzmq passes on only the first subscription to a prefix, so two
+                # clients subscribing to "" (the client's default) would count as one and open()
+                # would wait its whole timeout; switched off again once the wait is over
+                options[zmq.XPUB_VERBOSE] = 1
             kind = zmq.XPUB
         else:
             options[zmq.SNDHWM] = self.hwm
@@ -212,22 +219,37 @@ class ZmqSink(Sink):
             self._await_subscribers()
 
     def _await_subscribers(self) -> None:
+        """Wait (at most ``wait_timeout_s``) until ``wait_subscribers`` subscriptions have arrived."""
         assert self._sock is not None
         deadline = time.monotonic() + self.wait_timeout_s
         seen = 0
-        while seen < self.wait_subscribers:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not self._sock.poll(left_ms, zmq.POLLIN):
-                _logger.warning(
-                    "zmq: %d of %d subscribers after %.1f s; starting anyway",
-                    seen,
-                    self.wait_subscribers,
-                    self.wait_timeout_s,
-                )
+        try:
+            while seen < self.wait_subscribers:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0 or not self._sock.poll(left_ms, zmq.POLLIN):
+                    _logger.warning(
+                        "zmq: %d of %d subscriptions after %.1f s; starting anyway",
+                        seen,
+                        self.wait_subscribers,
+                        self.wait_timeout_s,
+                    )
+                    return
+                msg = self._sock.recv()
+                if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
+                    seen += 1
+        finally:
+            # later subscriptions are never read: without VERBOSE, libzmq queues only new prefixes
+            self._sock.setsockopt(zmq.XPUB_VERBOSE, 0)
+
+    def _drain_subscriptions(self, most: int = 1000) -> None:
+        """Read the (un)subscribe messages an XPUB queues for its owner: unread, a run with
+        subscribers coming and going would hold them all."""
+        assert self._sock is not None
+        for _ in range(most):
+            try:
+                self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
                 return
-            msg = self._sock.recv()
-            if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
-                seen += 1
 
     # -- sending --------------------------------------------------------------------------------
     def _send(self, topic: str, header: dict[str, Any], *payload: Any, reliable: bool = True) -> bool:
@@ -275,6 +297,8 @@ class ZmqSink(Sink):
         self._send(f"status/{event.source_id}", {"schema": SCHEMA_VERSION, **event.to_json()})
 
     def tick(self) -> None:
+        if self._sock is not None and self.mode == "pub":
+            self._drain_subscriptions()
         if self._sock is None or not self.heartbeat_s or self.heartbeat is None:
             return
         now = time.monotonic()
