@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, StreamError
@@ -28,6 +28,24 @@ EXIT_FAILED = 1
 def _fail(message: str) -> int:
     print(f"autotimm-stream: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line like every other user error (not a usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"autotimm-stream: error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a bad one is a usage error, exit 2, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -331,7 +349,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autotimm-stream", description="Real-time video inference for AutoTimm models.")
+    p = _Parser(prog="autotimm-stream", description="Real-time video inference for AutoTimm models.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -344,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="annotate a generated clip with the bundled model")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    d.add_argument("--frames", type=int, default=250, help="length of the generated clip in frames")
+    d.add_argument("--frames", type=_positive_int, default=250, help="length of the generated clip in frames")
     d.add_argument("--fast", action="store_true", help="as fast as the machine allows, not at the clip's speed")
     d.add_argument(
         "--task",
@@ -364,13 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", help="class names: 'a,b,c' or a file with one per line (default class_0..)")
     e.add_argument("--num-classes", type=int, help="--timm: number of classes when no names are given")
     e.add_argument("--task", choices=("classification", "multilabel"), default="classification", help="--timm only")
-    e.add_argument("--image-size", type=int, help="input size (default: the checkpoint's, else the task's)")
+    e.add_argument("--image-size", type=_positive_int, help="input size (default: the checkpoint's, else the task's)")
     e.add_argument("--format", choices=("torchscript", "export", "onnx", "aoti"), default="torchscript")
     e.add_argument("--device", default="cpu", help="--format aoti: compile for this device (cpu or cuda)")
     e.add_argument(
         "--quantize", choices=("int8",), help="dynamic int8 quantization for the CPU (reports accuracy change)"
     )
-    e.add_argument("--top-k", type=int, default=5)
+    e.add_argument(
+        "--top-k", type=_positive_int, default=5, help="classification: classes listed per result (default: 5)"
+    )
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="print a bundle's metadata")

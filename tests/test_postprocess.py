@@ -37,8 +37,26 @@ def test_multilabel_applies_thresholds(threshold, expected):
 
 
 def test_multilabel_scores_are_sigmoid():
-    scores, mask = multilabel(torch.tensor([[0.0]]), 0.5)
-    assert scores.item() == 0.5 and mask.item()
+    scores, mask = multilabel(torch.tensor([[0.0, 0.1]]), 0.5)
+    assert scores[0, 0].item() == 0.5 and mask.tolist() == [[False, True]]
+
+
+@pytest.mark.parametrize(
+    "logits, threshold",
+    [
+        ([[0.0, -1.0, 2.0]], 0.5),  # sigmoid(0) == 0.5 exactly: not a label
+        ([[20.0, 5.0, 30.0]], 1.0),  # sigmoid saturates to 1.0 in float32: threshold 1.0 means none
+        ([[0.0, 0.0, 0.0]], [0.5, 0.4, 0.6]),  # per class
+    ],
+)
+def test_multilabel_is_strictly_above_threshold_as_autotimm(logits, threshold):
+    """AutoTimm's ImageClassifier: ``preds = (logits.sigmoid() > self._threshold)``."""
+    logits = torch.tensor(logits)
+    want = (logits.sigmoid() > torch.as_tensor(threshold)).tolist()
+    _, mask = multilabel(logits, threshold)
+    assert mask.tolist() == want
+    (out,) = Postprocessor(meta("multilabel", threshold=threshold))((logits,), [(8, 8)])
+    assert sorted(p.class_id for p in out["classes"]) == [c for c, on in enumerate(want[0]) if on]
 
 
 def test_classification_postprocessor_names_classes():

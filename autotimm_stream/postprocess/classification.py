@@ -29,16 +29,19 @@ def topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def multilabel(logits: torch.Tensor, threshold: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid scores and which classes pass their threshold.
 
+    A class passes when its score is strictly above its threshold, as AutoTimm's
+    ``ImageClassifier`` decides (``logits.sigmoid() > threshold``).
+
     Args:
         logits (Tensor[B, C]): raw scores.
         threshold: one value, or Tensor[C] with one threshold per class.
 
     Returns:
-        scores (Tensor[B, C]) and a boolean mask (Tensor[B, C]) of classes at or above threshold.
+        scores (Tensor[B, C]) and a boolean mask (Tensor[B, C]) of classes above threshold.
     """
     scores = torch.sigmoid(logits.float())
     thr = torch.as_tensor(threshold, dtype=scores.dtype, device=scores.device)
-    return scores, scores >= thr
+    return scores, scores > thr
 
 
 def to_predictions(

@@ -70,6 +70,11 @@ class BundleMeta:
             raise ModelError(f"bundle task must be one of {TASKS}, got {self.task!r}")
         if not self.class_names:
             raise ModelError("bundle metadata has no class names; expected one name per model output")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ModelError(
+                f"bundle top_k must be a whole number >= 1 (classes listed per result), got {self.top_k!r}; "
+                "re-export it with --top-k 1 or more"
+            )
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
@@ -141,3 +146,5 @@ class BundleMeta:
             return cls(**doc)
         except TypeError as exc:
             raise ModelError(f"{where}: incomplete metadata ({exc}); re-export the bundle") from None
+        except ModelError as exc:  # say which file holds the bad metadata
+            raise ModelError(f"{where}: {exc}") from None

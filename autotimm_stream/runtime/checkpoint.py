@@ -7,9 +7,8 @@ AutoTimm's own loading breaks in ways this module works around (../shared/notes/
 - ``compile_model=True`` (the default) stores keys as ``backbone._orig_mod.*``: we strip
   ``._orig_mod``, build uncompiled and load **strict**, so weights can never silently stay random;
 - detectors need pycocotools just to be constructed (their default metric): we pass ``metrics=[]``;
-- the checkpoint holds no preprocessing: we derive it the way AutoTimm trained and validated
-  (timm data config + centre crop for classifiers, letterbox with 114 grey for detectors, squash
-  for segmentors; OpenCV-style resizing, i.e. no antialiasing, where AutoTimm used albumentations).
+- the checkpoint holds no preprocessing: we derive it the way AutoTimm's DataModule validated
+  (:mod:`.eval_transform`).
 
 Only ``torch.load(weights_only=True)`` is used. A DataModule may have pickled AutoTimm config
 dataclasses into the checkpoint; those (and only those) are allow-listed.
@@ -22,10 +21,12 @@ import hashlib
 import inspect
 import logging
 import os
+import pathlib
 import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError, ModelError, first_line
 from .bundle import BundleMeta
+from .eval_transform import preprocessing, transform_config
 from .export import export_module, parse_classes
 
 __all__ = ["CheckpointInfo", "inspect_checkpoint", "load_autotimm_model", "export_checkpoint", "TASK_CLASSES"]
@@ -48,12 +50,11 @@ TASK_CLASSES = {
     "SemanticSegmentor": ("segmentation", "deeplabv3plus"),
     "InstanceSegmentor": ("detection", "fcos"),  # exported as its FCOS detector; masks are not decoded
 }
-# Image size AutoTimm's DataModules default to, per task, when the checkpoint does not say.
-DEFAULT_IMAGE_SIZE = {"classification": 224, "detection": 640, "segmentation": 512}
 # hparams AutoTimm adds for bookkeeping that its constructors do not accept.
 _BOOKKEEPING = ("backbone_name", "username", "timestamp", "batch_size")
 _ORIG_MOD = re.compile(r"(^|\.)_orig_mod\.")
 _HASH_CHUNK = 1 << 20
+_PATH_CLASSES = ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
 
 
 @dataclass(slots=True)
@@ -66,10 +67,12 @@ class CheckpointInfo:
     head: str
     num_classes: int
     hparams: dict[str, Any]
-    image_size: int | None  # from the DataModule's hparams, when it was saved
+    image_size: int | None  # what the DataModule's eval transform produced, when one was saved
     compiled: bool  # keys carry torch.compile's ``_orig_mod.``
     sha256: str
     versions: dict[str, str] = field(default_factory=dict)
+    datamodule: dict[str, Any] | None = None  # the DataModule's hparams; None: no DataModule recorded
+    transform_config: dict[str, Any] | None = None  # its TransformConfig's fields, when AutoTimm applied it
 
 
 def _sha256(path: str) -> str:
@@ -81,12 +84,15 @@ def _sha256(path: str) -> str:
 
 
 def _allowed_global(name: str) -> Any | None:
-    """The AutoTimm config dataclass ``name`` (``module.Class``) names, if it is one; else None.
+    """The AutoTimm config dataclass (or pathlib path class) ``name`` (``module.Class``) names; else None.
 
     Dataclasses are rebuilt from their fields without calling any code of the checkpoint's choosing;
     functions, modules and other classes stay refused.
     """
     module_name, _, attr = name.rpartition(".")
+    if module_name in ("pathlib", "pathlib._local") and attr in _PATH_CLASSES:
+        # a DataModule given data_dir=Path(...) pickles the path: plain data, safe to rebuild
+        return getattr(pathlib, attr)
     if not module_name.startswith("autotimm."):
         return None
     try:
@@ -172,8 +178,10 @@ def inspect_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any] | None
     num_classes = hp.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"checkpoint {path!r} has no valid num_classes in its hparams (got {num_classes!r})")
-    dm = ckpt.get("datamodule_hyper_parameters") or {}
-    size = dm.get("image_size") if isinstance(dm, dict) else None
+    dm = ckpt.get("datamodule_hyper_parameters")
+    dm = dict(dm) if isinstance(dm, Mapping) and dm else None
+    tc = transform_config(dm, task, f"checkpoint {path!r}") if dm else None
+    size = (tc or dm or {}).get("image_size")
     versions = {"autotimm_stream": __version__}
     for key in ("pytorch-lightning_version", "lightning_version"):
         if key in ckpt:
@@ -189,6 +197,8 @@ def inspect_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any] | None
         compiled=any(_ORIG_MOD.search(k) for k in keys),
         sha256=_sha256(path),
         versions=versions,
+        datamodule=dm,
+        transform_config=tc,
     )
 
 
@@ -264,38 +274,6 @@ def load_autotimm_model(
     return model.eval(), info
 
 
-def _preprocessing(model: torch.nn.Module, info: CheckpointInfo, image_size: int | None) -> dict[str, Any]:
-    """The bundle's preprocessing fields, as AutoTimm trained and validated this task."""
-    size = image_size or info.image_size
-    source = "--image-size" if image_size else "checkpoint" if info.image_size else "default"
-    if info.task in ("classification", "multilabel"):
-        import timm
-
-        cfg = timm.data.resolve_model_data_config(model.backbone)
-        size = size or int(cfg["input_size"][-1])
-        return {
-            "input_size": (size, size),
-            "resize": "squash" if cfg.get("crop_mode") == "squash" else "center_crop",
-            "crop_pct": float(cfg.get("crop_pct", 0.875)),
-            "interpolation": str(cfg.get("interpolation", "bilinear")),
-            "antialias": True,  # torchvision Resize on PIL images
-            "mean": tuple(cfg["mean"]),
-            "std": tuple(cfg["std"]),
-            "_size_source": source if image_size or info.image_size else "timm data config",
-        }
-    size = size or DEFAULT_IMAGE_SIZE[info.task]
-    return {
-        "input_size": (size, size),
-        # albumentations LongestMaxSize + centred PadIfNeeded(114) / Resize, cv2 INTER_LINEAR
-        "resize": "letterbox" if info.task == "detection" else "squash",
-        "interpolation": "bilinear",
-        "antialias": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "_size_source": source,
-    }
-
-
 def _decode(model: torch.nn.Module, info: CheckpointInfo) -> dict[str, Any]:
     if info.task != "detection":
         return {}
@@ -330,8 +308,9 @@ def export_checkpoint(
     Args:
         path: the ``.ckpt`` file.
         out: where to write the bundle.
-        image_size: network input size (square); default: the checkpoint's DataModule size, else
-            the timm data config (classifiers) or AutoTimm's default (640 detection, 512 segmentation).
+        image_size: network input size (square); default: the checkpoint's DataModule size (its
+            TransformConfig's, when it has one), else AutoTimm's default for the task (224
+            classification, 640 detection, 512 segmentation).
         classes: names as ``"a,b,c"``, a file with one per line, or a list; default ``class_0..``.
         fmt: ``torchscript``, ``export`` (torch.export), ``onnx`` or ``aoti`` (AOTInductor).
         quantize: ``"int8"``: dynamic int8 quantization for the CPU; the accuracy change against
@@ -349,8 +328,9 @@ def export_checkpoint(
             f"--classes gives {len(names)} names but the checkpoint's {info.kind} head has {info.num_classes} "
             "classes; give one name per class, in training order"
         )
-    prep = _preprocessing(model, info, image_size)
+    prep = preprocessing(model, info, image_size)
     size_source = prep.pop("_size_source")
+    prep_source = prep.pop("_from")
     decode = _decode(model, info)
     # Lightning's `trainer` property raises outside a Trainer unless it believes it is being
     # scripted; tracing and export probe every attribute, so say so (as LightningModule.to_torchscript does).
@@ -376,6 +356,7 @@ def export_checkpoint(
             "sha256": info.sha256,
             "compiled": info.compiled,
             "image_size_from": size_source,
+            "preprocessing_from": prep_source,
             "backbone": backbone,
         },
         **prep,

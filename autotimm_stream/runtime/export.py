@@ -114,11 +114,17 @@ def export_timm(
     """Build a bundle from a timm model name (``pretrained=False``; weights from ``state_dict`` if given)."""
     import timm
 
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be 1 or more (classes listed per result), got {top_k}")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(
+            f"--image-size must be a positive number of pixels, got {image_size}; omit it for the model's"
+        )
     kwargs = {"pretrained": False, "num_classes": len(class_names)}
     try:
         try:
             # fixed-size models (ViTs) must be built at the export size; convnets take no img_size
-            extra = {"img_size": image_size} if image_size else {}
+            extra = {"img_size": image_size} if image_size is not None else {}
             model = timm.create_model(model_name, **kwargs, **extra)
         except TypeError:
             model = timm.create_model(model_name, **kwargs)
@@ -127,7 +133,7 @@ def export_timm(
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     cfg = timm.data.resolve_data_config({}, model=model)
-    size = image_size or int(cfg["input_size"][-1])
+    size = image_size if image_size is not None else int(cfg["input_size"][-1])
     crop_mode = cfg.get("crop_mode", "center")
     if crop_mode not in ("center", "squash"):
         _logger.warning("timm crop_mode %r is not supported; using a centre crop", crop_mode)

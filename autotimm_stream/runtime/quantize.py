@@ -166,8 +166,9 @@ def compare_outputs(meta: BundleMeta, ref: tuple[torch.Tensor, ...], out: tuple[
 
     Raw: ``max_abs_diff`` / ``mean_abs_diff`` over all outputs, next to ``fp32_abs_max`` for scale.
     Task: ``top1_agreement`` and ``max_prob_diff`` (softmax) for classification; ``label_agreement``
-    and ``max_prob_diff`` (sigmoid, the bundle's threshold) for multilabel; ``mask_agreement`` (pixels
-    whose class is the same after upsampling to the input size) for segmentation; box counts,
+    (a label is on where its sigmoid is above the bundle's threshold, as AutoTimm decides) and
+    ``max_prob_diff`` for multilabel; ``mask_agreement`` (pixels whose class is the same after
+    upsampling to the input size) for segmentation; box counts,
     ``box_match_rate`` (fp32 boxes with an int8 box of the same label at IoU >= 0.5),
     ``matched_score_max_diff`` and ``matched_iou_mean`` for detection.
     """
@@ -184,7 +185,8 @@ def compare_outputs(meta: BundleMeta, ref: tuple[torch.Tensor, ...], out: tuple[
     elif meta.task == "multilabel":
         pr, po = torch.sigmoid(ref[0].float()), torch.sigmoid(out[0].float())
         thr = torch.as_tensor(meta.threshold, dtype=torch.float32)
-        report["label_agreement"] = round(float(((pr >= thr) == (po >= thr)).float().mean()), 4)
+        # AutoTimm's decision: a label is on when its sigmoid is strictly above the threshold
+        report["label_agreement"] = round(float(((pr > thr) == (po > thr)).float().mean()), 4)
         report["max_prob_diff"] = round(float((pr - po).abs().max()), 6)
     elif meta.task == "segmentation":
         same = total = 0
