@@ -15,6 +15,7 @@ from autotimm_stream.ringbuffer import RingBuffer
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.sinks.base import Sink
 from autotimm_stream.sources.base import Source, SourceInfo
+from autotimm_stream.worker import _READ_AHEAD
 
 from .conftest import wait_for
 
@@ -49,7 +50,7 @@ class Ends(Sink):
         self.eos.append((eos.source_id, eos.frames))
 
 
-def test_files_read_ahead_at_most_two_prepared_batches(bundle):
+def test_files_read_ahead_at_most_the_read_ahead_of_prepared_batches(bundle):
     runner = ModelRunner(bundle)
     gate = threading.Event()
     prepared = []
@@ -67,9 +68,9 @@ def test_files_read_ahead_at_most_two_prepared_batches(bundle):
     p = Pipeline([Frames("f", 64)], runner, [], BatchPolicy(max_batch=4, max_wait_ms=1))
     p.start(warmup=False)
     try:
-        wait_for(lambda: p._prepared.qsize() == 2, 10, "two batches to wait for the model")
-        time.sleep(0.5)  # what must not happen: a fourth batch formed and held by preprocessing
-        assert len(prepared) == 3  # one in the (held) forward pass, two waiting
+        wait_for(lambda: p._prepared.qsize() == _READ_AHEAD, 10, "the read-ahead to fill")
+        time.sleep(0.5)  # what must not happen: one more batch formed and held by preprocessing
+        assert len(prepared) == 1 + _READ_AHEAD  # one in the (held) forward pass, the rest waiting
     finally:
         gate.set()
         p.close()
