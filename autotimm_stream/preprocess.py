@@ -6,6 +6,9 @@ Three resize modes cover what AutoTimm models were trained on:
   centre-crop ``size`` — timm's eval transform.
 - ``squash`` (segmentation): resize straight to the input size, ignoring aspect.
 - ``letterbox`` (detection): resize the long side to the input size, pad centred with grey 114.
+- ``squash_crop`` (classifiers validated with albumentations): resize both sides to
+  ``floor(size / crop_pct)``, ignoring aspect, then centre-crop ``size`` (``A.Resize`` +
+  ``A.CenterCrop``, whose offsets round down).
 
 Frames of one shape are stacked and converted in one call; a batch of several shapes costs one
 call per shape, never a Python loop over frames of the same shape. On the CPU the resize runs on
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 
 __all__ = ["PreprocessSpec", "Geometry", "plan", "preprocess_batch", "RESIZE_MODES", "INTERPOLATIONS"]
 
-RESIZE_MODES = ("center_crop", "squash", "letterbox")
+RESIZE_MODES = ("center_crop", "squash", "letterbox", "squash_crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 LETTERBOX_FILL = 114
 
@@ -42,7 +45,7 @@ class PreprocessSpec:
 
     size: tuple[int, int]  # (height, width) of the model input
     resize: str = "center_crop"  # one of RESIZE_MODES
-    crop_pct: float = 0.875  # center_crop only: fraction of the resized short side kept
+    crop_pct: float = 0.875  # center_crop / squash_crop: fraction of the resized side kept
     interpolation: str = "bilinear"  # one of INTERPOLATIONS
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -91,6 +94,10 @@ def plan(src_h: int, src_w: int, spec: PreprocessSpec) -> Geometry:
         rh, rw = max(1, round(src_h * s)), max(1, round(src_w * s))
         pad = ((out_h - rh) // 2, (out_w - rw) // 2)
         return Geometry((rh, rw), pad=pad, scale=(rh / src_h, rw / src_w))
+    if spec.resize == "squash_crop":
+        rh = max(out_h, math.floor(out_h / spec.crop_pct))
+        rw = max(out_w, math.floor(out_w / spec.crop_pct))
+        return Geometry((rh, rw), crop=((rh - out_h) // 2, (rw - out_w) // 2), scale=(rh / src_h, rw / src_w))
     # center_crop, as torchvision Resize(int) + CenterCrop: the short side becomes scale_size.
     scale_size = math.floor(min(out_h, out_w) / spec.crop_pct)
     if src_h <= src_w:

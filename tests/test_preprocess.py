@@ -60,6 +60,9 @@ def test_letterbox_pads_centred_with_114():
         ((720, 1280), PreprocessSpec((224, 224), "center_crop", 0.95), (235, 417), (6, 96)),
         ((1280, 720), PreprocessSpec((224, 224), "center_crop", 0.95), (417, 235), (96, 6)),
         ((720, 1280), PreprocessSpec((512, 512), "squash"), (512, 512), (0, 0)),
+        # albumentations Resize(int(s * 256 / 224)) square + CenterCrop, offsets rounded down
+        ((720, 1280), PreprocessSpec((224, 224), "squash_crop", 224 / 256), (256, 256), (16, 16)),
+        ((90, 40), PreprocessSpec((97, 97), "squash_crop", 224 / 256), (110, 110), (6, 6)),
     ],
 )
 def test_plan_geometry(src, spec, resized, crop):

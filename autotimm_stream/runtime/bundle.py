@@ -81,9 +81,9 @@ class BundleMeta:
         self.head = self.head or HEADS[self.task][0]
         if self.head not in HEADS[self.task]:
             raise ModelError(f"bundle head must be one of {HEADS[self.task]} for task {self.task!r}, got {self.head!r}")
-        if self.task == "segmentation" and self.resize == "center_crop":
+        if self.task == "segmentation" and self.resize in ("center_crop", "squash_crop"):
             raise ModelError(
-                "a segmentation bundle cannot use the center_crop resize (parts of the frame would get no "
+                f"a segmentation bundle cannot use the {self.resize} resize (parts of the frame would get no "
                 "mask); use squash (AutoTimm's) or letterbox"
             )
         if self.task == "detection":

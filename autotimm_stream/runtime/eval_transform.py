@@ -3,8 +3,9 @@
 A checkpoint holds no preprocessing, only its DataModule's hyper-parameters (when Lightning saved
 them). Classifiers: the DataModule's ``TransformConfig`` when it pickled one, else its default
 resize + centre crop with ImageNet statistics, else (no DataModule recorded) AutoTimm's inference
-transform: the backbone's timm data config at 224. Detectors: letterbox with 114 grey; segmentors:
-squash; both resize OpenCV-style (no antialiasing), as AutoTimm's albumentations pipelines do.
+transform: the backbone's timm data config at 224; with the albumentations backend, AutoTimm's
+squash + centre crop (``squash_crop``). Detectors: letterbox with 114 grey; segmentors: squash; both
+resize OpenCV-style (no antialiasing), as AutoTimm's albumentations pipelines do.
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def _interpolation(name: str, where: str) -> str:
     return "bicubic"
 
 
-def _albumentations_warning(where: str, size: int) -> None:
+def _albumentations_warning(where: str, size: int, resize: str) -> None:
     resized = int(size * 256 / 224)
     _logger.warning(
         "%s: its DataModule validated with albumentations: squash to %dx%d, then centre-crop %d; the "
-        "engine cannot squash before cropping, so frames that are not square are seen differently",
-        *(where, resized, resized, size),
+        "bundle uses %s instead, so every part of the frame gets a %s (a crop would drop its edges)",
+        *(where, resized, resized, size, resize, "mask" if resize == "squash" else "detection"),
     )
 
 
@@ -144,9 +145,8 @@ def _classification_preprocessing(model: torch.nn.Module, info: CheckpointInfo, 
         "std": tuple(float(v) for v in stats["std"]),
         "_from": origin,
     }
-    if backend == "albumentations":  # A.Resize (cv2 INTER_LINEAR) to int(size * 256 / 224), A.CenterCrop
-        _albumentations_warning(where, size)
-        prep.update(crop_pct=DEFAULT_EVAL_CROP_PCT, interpolation="bilinear", antialias=False)
+    if backend == "albumentations":  # A.Resize (cv2 INTER_LINEAR) to int(size * 256 / 224) square, A.CenterCrop
+        prep.update(resize="squash_crop", crop_pct=DEFAULT_EVAL_CROP_PCT, interpolation="bilinear", antialias=False)
     return prep
 
 
@@ -171,5 +171,5 @@ def preprocessing(model: torch.nn.Module, info: CheckpointInfo, image_size: int 
     if info.transform_config is not None:  # albumentations TransformConfig (see _transform_config)
         stats = _transform_stats(info.transform_config, _backbone_name(info) or model.backbone)
         prep.update(mean=tuple(stats["mean"]), std=tuple(stats["std"]), _from="datamodule transform_config")
-        _albumentations_warning(f"checkpoint {info.path!r}", size)
+        _albumentations_warning(f"checkpoint {info.path!r}", size, prep["resize"])
     return prep
