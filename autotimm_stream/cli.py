@@ -48,6 +48,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_MAX_WAIT_S = 86_400.0  # a day: longer than anyone waits for a quiet stream
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: seconds, finite, > 0 and at most a day (0 would give up at once, a negative
+    one poll as 0 or forever, inf overflow the poll's milliseconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0 < value <= _MAX_WAIT_S:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 and <= {_MAX_WAIT_S:g}, got {text}")
+    return value
+
+
 # -- run ----------------------------------------------------------------------------------------
 def _progress(pipeline: Any, enabled: bool):
     """A tqdm bar over the file sources' frame count (fps, ETA, drops); a no-op when disabled."""
@@ -283,7 +298,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             while args.count is None or received < args.count:
                 msg = sub.recv(args.timeout)
                 if msg is None:
-                    print(f"listen: nothing received for {args.timeout:.0f} s on {args.endpoint}", file=sys.stderr)
+                    print(f"listen: nothing received for {args.timeout:g} s on {args.endpoint}", file=sys.stderr)
                     return EXIT_FAILED if received == 0 else 0
                 received += 1
                 if args.json:
@@ -401,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub_l.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555")
     sub_l.add_argument("--topic", action="append", help="topic prefix to subscribe to (repeatable)")
     sub_l.add_argument("--json", action="store_true", help="one JSON object per line")
-    sub_l.add_argument("--count", type=int, help="exit after this many messages")
-    sub_l.add_argument("--timeout", type=float, default=30.0, help="exit after this many quiet seconds")
+    sub_l.add_argument("--count", type=_positive_int, help="exit after this many messages (default: never)")
+    sub_l.add_argument(
+        "--timeout", type=_positive_seconds, default=30.0, help="exit after this many quiet seconds (default: 30)"
+    )
     sub_l.add_argument("--validate", action="store_true", help="check every message against the JSON Schema")
     sub_l.add_argument("--pull", action="store_true", help="connect a PULL socket (engine in sinks.zmq.mode push)")
     sub_l.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the engine's public key file")
@@ -419,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=("list", "add", "remove", "stats", "stop"))
     c.add_argument("arg", nargs="?", help="add: source as JSON/YAML text or a file; remove: source id")
     c.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the engine's control.endpoint")
-    c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    c.add_argument("--timeout", type=_positive_seconds, default=10.0, help="seconds to wait for the reply")
     c.set_defaults(func=cmd_control)
     return p
 

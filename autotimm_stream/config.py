@@ -39,9 +39,27 @@ def _file_name(value: str) -> str:
 
 FileName = Annotated[str, AfterValidator(_file_name)]
 
+# what runtime.runner.resolve_device accepts: torch's cpu/cuda device strings, plus auto. torch
+# keeps a device index in 8 bits: cuda:128 becomes cuda:-128 and cuda:255 plain cuda, so N <= 127.
+_DEVICE_RE = re.compile(r"auto|(cpu|cuda)(:(0|[1-9][0-9]{0,2}))?")
+_MAX_DEVICE_INDEX = 127
+
+
+def _device(value: str) -> str:
+    m = _DEVICE_RE.fullmatch(value)
+    if m is None or (m.group(3) is not None and int(m.group(3)) > _MAX_DEVICE_INDEX):
+        raise ValueError(
+            f"expected 'cpu', 'cuda', 'cuda:N' (N from 0 to {_MAX_DEVICE_INDEX}) or 'auto' (cuda when present)"
+        )
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no float field means anything at inf or nan (a timeout, a delay, a rate): refuse them all
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class _SourceBase(_Strict):
@@ -172,7 +190,7 @@ class ControlConfig(_Strict):
 
 class ModelConfig(_Strict):
     path: str = Field(description="model bundle made by `autotimm-stream export`")
-    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto")
     fp16: bool = Field(False, description="half precision (CUDA only)")
     channels_last: bool = False
     threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; null = torch default")
@@ -211,9 +229,9 @@ class ZmqConfig(_Strict):
     wait_subscribers: int = Field(
         0, ge=0, description="wait for this many subscriptions (one per client and topic prefix) before starting"
     )
-    wait_timeout_s: float = Field(5.0, ge=0)
+    wait_timeout_s: float = Field(5.0, ge=0, le=3600)
     mask_encoding: Literal["raw", "png"] = Field("raw", description="segmentation class maps: raw bytes or PNG")
-    heartbeat_s: float = Field(1.0, ge=0, description="a heartbeat/<source> message this often; 0 = none")
+    heartbeat_s: float = Field(1.0, ge=0, le=3600, description="a heartbeat/<source> message this often; 0 = none")
     curve: CurveConfig = CurveConfig()
 
     @model_validator(mode="after")
@@ -251,7 +269,7 @@ class SnapshotConfig(_Strict):
 
 class ReportConfig(_Strict):
     enabled: bool = Field(True, description="write report.md and PNG plots (fps, latency, outputs, drops)")
-    bucket_s: float = Field(1.0, gt=0, description="time bucket of the plots (doubles as the run grows)")
+    bucket_s: float = Field(1.0, gt=0, le=3600, description="time bucket of the plots (doubles as the run grows)")
     max_buckets: int = Field(3600, ge=2, description="time buckets kept per source: memory stays bounded")
 
 

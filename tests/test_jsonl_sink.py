@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -65,6 +66,39 @@ def test_a_failed_close_releases_the_file_and_says_why():
     assert isinstance(failed.value, SinkError)
     assert "sinks.jsonl: cannot finish '/dev/full' (No space left on device)" in str(failed.value)
     sink.close()  # idempotent
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("n", [1, 2000], ids=["in-the-flush", "in-the-write"])
+def test_a_failed_write_says_why(n):
+    """A full disk while results come in (one result: its timed flush fails; many: Python's buffer
+    overflows inside write()) is a SinkError naming the file and the fix, not a bare OSError."""
+    sink = JsonlSink("/dev/full")
+    sink.open()
+    try:
+        with pytest.raises(OSError) as failed:  # SinkError is an OSError too
+            sink.write([result(i) for i in range(n)])
+        assert isinstance(failed.value, SinkError), repr(failed.value)
+        message = str(failed.value)
+        assert message.startswith("sinks.jsonl: cannot write to '/dev/full' (No space left on device)"), message
+        assert "pick another output_dir" in message
+    finally:
+        with contextlib.suppress(SinkError):
+            sink.close()
+    assert sink._fh is None
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_sink_runner_reports_a_failed_write_as_a_sink_error():
+    sink = JsonlSink("/dev/full")
+    sink.open()
+    runner = SinkRunner(sink, threading.Event())
+    runner.start()
+    runner.submit([result(0)])
+    runner.finish()
+    assert runner.join(5)
+    assert isinstance(runner.error, SinkError), repr(runner.error)
+    assert "sinks.jsonl: cannot write to '/dev/full'" in str(runner.error)
 
 
 def test_a_fifo_is_closed_without_fsync_and_gets_every_line(tmp_path):

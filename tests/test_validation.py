@@ -111,6 +111,81 @@ def test_config_path_that_is_a_folder(tmp_path):
         load_config(tmp_path)
 
 
+# -- config: model.device and float fields -------------------------------------------------------
+GOOD_DEVICES = ["cpu", "auto", "cuda", "cuda:0", "cuda:7", "cuda:127", "cpu:0"]
+BAD_DEVICES = ["gpu", "mps", "meta", "CUDA", "Cpu", " cpu", "cuda ", "", "cuda:", "cuda:-1", "cuda:01", "cuda:x"]
+
+
+@pytest.mark.parametrize("device", BAD_DEVICES + ["cuda:128", "cuda:255"])
+def test_model_device_is_checked_when_the_config_is_read(device):
+    """Not only when the runner resolves it, after the sources and sinks were built."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with("model.device", device))
+    message = str(info.value)
+    assert message.startswith("config: model.device: expected 'cpu', 'cuda', 'cuda:N'"), message
+    assert message.endswith(f"got {device!r}"), message
+
+
+@pytest.mark.parametrize("device", GOOD_DEVICES)
+def test_good_devices_pass(device):
+    assert validate_config(_with("model.device", device)).model.device == device
+
+
+@pytest.mark.parametrize("device", GOOD_DEVICES + BAD_DEVICES)
+def test_config_and_runner_agree_on_devices(device):
+    """The config accepts a device exactly when the runner's resolve_device understands it (a
+    missing GPU aside: that is a property of the machine, not of the config)."""
+    from autotimm_stream.runtime.runner import resolve_device
+
+    try:
+        resolve_device(device)
+        runner_accepts = True
+    except ConfigError as exc:
+        runner_accepts = "not available" in str(exc)
+    assert runner_accepts == (device in GOOD_DEVICES)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "sinks.zmq.heartbeat_s",
+        "sinks.zmq.wait_timeout_s",
+        "sinks.report.bucket_s",
+        "sinks.snapshot.cooldown_s",
+        "batching.max_wait_ms",
+        "drain_timeout_s",
+    ],
+)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "inf"])
+def test_float_fields_must_be_finite(field, value):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with(field, value))
+    assert str(info.value).startswith(f"config: {field}: "), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "field, too_big",
+    [("sinks.zmq.heartbeat_s", 3601), ("sinks.zmq.wait_timeout_s", 3601), ("sinks.report.bucket_s", 3601)],
+)
+def test_unbounded_float_fields_got_an_upper_bound(field, too_big):
+    with pytest.raises(ConfigError, match=rf"^config: {field}: Input should be less than or equal to 3600, got 3601$"):
+        validate_config(_with(field, too_big))
+    validate_config(_with(field, 3600))
+
+
+def test_heartbeat_zero_still_means_none():
+    assert validate_config(_with("sinks.zmq.heartbeat_s", 0)).sinks.zmq.heartbeat_s == 0
+
+
+def test_an_infinite_heartbeat_from_yaml_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("sources: [{id: c, uri: a.mp4}]\nmodel: {path: m.pt}\nsinks: {zmq: {heartbeat_s: .inf}}\n")
+    with pytest.raises(ConfigError, match=r"sinks\.zmq\.heartbeat_s: Input should be a finite number, got inf$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"sinks\.zmq\.wait_timeout_s: Input should be a finite number, got inf$"):
+        load_config(path, ["sinks.zmq.heartbeat_s=1", "sinks.zmq.wait_timeout_s=.inf"])
+
+
 # -- bundle metadata -------------------------------------------------------------------------------
 @pytest.mark.parametrize("top_k", [0, -2, 2.5, True])
 def test_bundle_top_k_must_be_positive(top_k):
@@ -133,6 +208,19 @@ def test_export_timm_refuses_bad_sizes(tmp_path, kwargs, message):
 
     with pytest.raises(ConfigError, match=message):
         export_timm("test_resnet", tmp_path / "m.pt", ["a", "b"], **kwargs)
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("image_size", [0, -1, True, 2.5])
+def test_export_checkpoint_refuses_bad_sizes(tmp_path, image_size):
+    """Only None means the checkpoint's own size; 0 is refused, not read as 'default'."""
+    from autotimm_stream.runtime.checkpoint import export_checkpoint
+
+    with pytest.raises(ConfigError) as info:
+        export_checkpoint(tmp_path / "any.ckpt", tmp_path / "m.pt", image_size=image_size)
+    assert str(info.value).startswith(
+        f"image_size (--image-size): expected a whole number of pixels >= 1, got {image_size!r}; pass None"
+    ), str(info.value)
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -169,3 +257,43 @@ def test_run_on_a_folder_says_so(capsys, tmp_path):
     assert main(["run", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is a folder; expected a YAML file" in err and "not found" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["listen", "--count", "0"], "argument --count: expected a whole number >= 1, got 0"),
+        (["listen", "--count", "-2"], "argument --count: expected a whole number >= 1, got -2"),
+        (["listen", "--timeout", "0"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got 0"),
+        (["listen", "--timeout", "-1"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got -1"),
+        (["listen", "--timeout", "inf"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got inf"),
+        (["listen", "--timeout", "nan"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got nan"),
+        (["listen", "--timeout", "soon"], "argument --timeout: expected a number of seconds > 0, got 'soon'"),
+        (["control", "list", "--timeout", "0"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got 0"),
+        (["control", "list", "--timeout", "-1"], "argument --timeout: expected a number of seconds > 0 and <= 86400, got -1"),
+    ],
+    ids=["count-0", "count-neg", "timeout-0", "timeout-neg", "timeout-inf", "timeout-nan", "timeout-word",
+         "control-timeout-0", "control-timeout-neg"],
+)  # fmt: skip
+def test_listen_and_control_waits_must_be_positive(capsys, argv, expected):
+    """0 gave up at once (listen --count 0: at once with nothing), a negative control timeout waited
+    forever, inf crashed. Parsed only, never run: the old parser let them through to a command that
+    could hang."""
+    from autotimm_stream.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and not captured.out, captured.err
+    assert lines[0].startswith("autotimm-stream: error: ") and expected in lines[0], lines[0]
+    assert f"{argv[0]} --help" in lines[0]
+
+
+def test_listen_help_says_what_count_and_timeout_default_to(capsys):
+    with pytest.raises(SystemExit):
+        main(["listen", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit after this many messages (default: never)" in text
+    assert "exit after this many quiet seconds (default: 30)" in text

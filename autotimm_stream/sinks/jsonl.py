@@ -44,9 +44,13 @@ class JsonlSink(Sink):
 
     def write(self, results: list[Result]) -> None:
         assert self._fh is not None
-        for r in results:
-            self._fh.write(json.dumps(r.to_json(), separators=(",", ":")))
-            self._fh.write("\n")
+        try:
+            for r in results:
+                # a full buffer is flushed inside write(): a full disk can fail here, not only in flush
+                self._fh.write(json.dumps(r.to_json(), separators=(",", ":")))
+                self._fh.write("\n")
+        except OSError as exc:
+            raise self._write_error(exc) from None
         self.lines += len(results)
         self._unflushed = self._unflushed or bool(results)
         self._flush_if_due()
@@ -61,9 +65,18 @@ class JsonlSink(Sink):
             return
         now = time.monotonic()
         if now - self._last_flush >= _FLUSH_S:
-            self._fh.flush()
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                raise self._write_error(exc) from None
             self._last_flush = now
             self._unflushed = False
+
+    def _write_error(self, exc: OSError) -> SinkError:
+        return SinkError(
+            f"sinks.jsonl: cannot write to {self.path!r} ({exc.strerror or exc}); lines not yet written are lost; "
+            "expected a file with room to grow (free some space, pick another output_dir, or keep a pipe's reader open)"
+        )
 
     def close(self) -> None:
         fh, self._fh = self._fh, None  # forgotten first: a failed close is not retried on a broken file
