@@ -238,7 +238,7 @@ class ZmqSink(Sink):
                 if msg[:1] == b"\x01":  # subscribe (0x00 is unsubscribe)
                     seen += 1
         finally:
-            # later subscriptions are never read: without VERBOSE, libzmq queues only new prefixes
+            # from now on tick() only drains them: without VERBOSE, libzmq queues only new prefixes
             self._sock.setsockopt(zmq.XPUB_VERBOSE, 0)
 
     def _drain_subscriptions(self, most: int = 1000) -> None:
