@@ -131,7 +131,7 @@ def test_good_devices_pass(device):
     assert validate_config(_with("model.device", device)).model.device == device
 
 
-@pytest.mark.parametrize("device", GOOD_DEVICES + BAD_DEVICES)
+@pytest.mark.parametrize("device", GOOD_DEVICES + BAD_DEVICES + ["cuda:128", "cuda:256"])
 def test_config_and_runner_agree_on_devices(device):
     """The config accepts a device exactly when the runner's resolve_device understands it (a
     missing GPU aside: that is a property of the machine, not of the config)."""

@@ -40,10 +40,12 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}") from None
+    # torch keeps the index in 8 bits: cuda:128 would quietly become cuda:-128, cuda:256 cuda:0
+    index = name.partition(":")[2]
+    if device.type not in ("cpu", "cuda") or (index.isdigit() and int(index) > 127):
+        raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
     return device
 
 
