@@ -403,6 +403,53 @@ def test_a_live_url_that_ends_is_reconnected(bundle, tmp_path, hls_url):
     assert got[48]["pts"] >= got[47]["pts"] + 0.039  # one clock across sessions
 
 
+class _CutOnce(http.server.BaseHTTPRequestHandler):
+    """Serves one file; the first response breaks off halfway (a connection lost mid-download)."""
+
+    data = b""
+    gets: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.gets.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.end_headers()
+        if len(self.gets) == 1:
+            self.wfile.write(self.data[: len(self.data) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(self.data)
+
+
+def test_a_finite_url_read_again_after_a_lost_session_delivers_no_frame_twice(tmp_path):
+    handler = type("Cut", (_CutOnce,), {"data": write_ts_segment(tmp_path / "vod.ts", 0, 100), "gets": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="http")
+    thread.start()
+    stop = threading.Event()
+    policy = ReconnectPolicy(initial_delay_s=0.05, max_delay_s=0.1)
+    url = f"http://127.0.0.1:{server.server_port}/vod.ts"
+    src = LiveSource("vod", live.StreamSpec(url, live=False), RingBuffer(200, "block"), stop, reconnect=policy)
+    try:
+        src.start()
+        assert src.join(20.0)
+    finally:
+        stop.set()
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+    assert len(handler.gets) == 2 and src.sessions == 2  # the download was really lost once
+    frames = src.buffer.pop(200)
+    assert [f.index for f in frames] == list(range(100))
+    assert np.allclose(np.diff([f.pts for f in frames]), 0.04, atol=1e-6)  # one clock, no jump
+    assert not any(f.flags for f in frames)  # nothing was missing: no frame says so
+    assert src.state is SourceState.STOPPED
+
+
 # -- the control channel -------------------------------------------------------------------------
 def test_streams_are_added_and_removed_at_run_time_over_the_control_channel(bundle, tmp_path, endpoint):
     control = f"tcp://127.0.0.1:{free_port()}"

@@ -7,7 +7,9 @@ One PyAV capture loop inside a per-stream state machine::
          └──────────────── refused / timed out ─────────────────────────┘
     any state ── stop or remove ──▶ STOPPED          attempts exhausted ──▶ FAILED
 
-- A live stream's normal end, a read error and a read timeout all count as a disconnect. A stream
+- A live stream's normal end, a read error and a read timeout all count as a disconnect. A finite
+  stream (``live: false``, e.g. a VOD URL) ends at its end; after a lost session it is read again
+  from its start and goes on after the last frame delivered (none twice, one clock). A stream
   that is down at start-up is retried like any other (the pipeline starts anyway).
 - Backoff is exponential with jitter (``ReconnectPolicy``); default: retry forever. A session
   that opens but ends before its first frame counts as a failed attempt (it backs off and counts
@@ -195,6 +197,7 @@ class LiveSource(Source):
         self._last_pts = -1.0
         self._session_frames = 0  # frames decoded in the current session
         self._read_timeout_s = 0.0  # the current session's read timeout
+        self._delivered_at: float | None = None  # finite streams: stream time of the last frame delivered
 
     # -- set-up -----------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -307,8 +310,12 @@ class LiveSource(Source):
         tb = stream.time_base or LIVE_TIME_BASE
         anchor: tuple[int, float] | None = None  # (first stream pts of the session, its time on our clock)
         prev_pts: float | None = None
-        pending = FrameFlags.AFTER_GAP if self.sessions > 1 else FrameFlags.NONE
-        wait_key = self.skip_until_keyframe and self.sessions > 1
+        # a finite stream (live: false) read again after a lost session starts from its beginning:
+        # frames up to the last one delivered are decoded (the decoder needs them) but not delivered
+        # again, and what follows is whole, so it is not flagged unless frames are really missing
+        resume = None if self.spec.live else self._delivered_at
+        pending = FrameFlags.AFTER_GAP if self.sessions > 1 and resume is None else FrameFlags.NONE
+        wait_key = self.skip_until_keyframe and self.sessions > 1 and resume is None
         last_frame = time.monotonic()
         stall_s = self.stall_timeout_s()
         try:
@@ -337,6 +344,8 @@ class LiveSource(Source):
                     if self.state is not SourceState.RUNNING:
                         self._on_running(vf)
                         stall_s = self.stall_timeout_s()
+                    if resume is not None and vf.pts is not None and float(vf.pts * tb) <= resume + 1e-6:
+                        continue  # delivered in an earlier session
                     flags, pending = pending, FrameFlags.NONE
                     if vf.is_corrupt:
                         flags |= FrameFlags.CORRUPT
@@ -354,6 +363,11 @@ class LiveSource(Source):
                         flags |= FrameFlags.NO_PTS
                         pts = now
                     else:
+                        if anchor is None and resume is not None:  # a finite stream goes on where it was
+                            gap = float(vf.pts * tb) - resume
+                            anchor = (vf.pts, self._last_pts + gap)
+                            if self._fps and gap > 2.5 / self._fps:
+                                flags |= FrameFlags.AFTER_GAP
                         if anchor is None:  # a session's stream clock starts where the wall clock is
                             # (never before the previous session's last frame: a stream read
                             # faster than real time is ahead of the wall clock)
@@ -377,6 +391,8 @@ class LiveSource(Source):
                         return ""
                     if not self._deliver_live(image, pts, flags, decode_ms):
                         return ""
+                    if not self.spec.live and vf.pts is not None:
+                        self._delivered_at = float(vf.pts * tb)
                     # time spent waiting for buffer space (policy block) or for the frame's
                     # moment (realtime) is not the stream stalling
                     last_frame = time.monotonic()
