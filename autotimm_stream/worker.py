@@ -53,9 +53,10 @@ _END = object()
 # never idles the model (until 2026-11-27 the limit read 2 but preprocessing held a third batch
 # while it waited to queue it; holding only 2 made the 720p detector 4 % slower in 3 of 5
 # alternating runs, so the depth stays 3, now counted in the queue). Live sources (``latest`` or
-# a staleness budget): none beyond the one being preprocessed while the model runs, so a batch is formed from the freshest frames just before the
-# model is free: waiting in this queue is invisible to the staleness budget and adds whole forward
-# passes of latency (measured: p50 capture-to-publish ~4.5 forward passes with 2, see benchmarks).
+# a staleness budget): none beyond the one being preprocessed while the model runs, so a batch
+# is formed from the freshest frames just before the model is free: waiting in this queue is
+# invisible to the staleness budget and adds whole forward passes of latency (measured: p50
+# capture-to-publish ~4.5 forward passes with 2, see benchmarks).
 _READ_AHEAD = 3
 _POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outputs can be large)
 # How early before the model should be free a live batch is formed: twice the preprocessing
