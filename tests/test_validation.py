@@ -201,7 +201,11 @@ def test_bundle_metadata_error_names_the_file():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [({"top_k": 0}, "--top-k must be 1 or more"), ({"image_size": 0}, "--image-size must be")]
+    "kwargs, message",
+    [
+        ({"top_k": 0}, "--top-k must be 1 or more"),
+        ({"image_size": 0}, r"image_size \(--image-size\): expected a whole number of pixels >= 1, got 0; pass None"),
+    ],
 )
 def test_export_timm_refuses_bad_sizes(tmp_path, kwargs, message):
     from autotimm_stream.runtime.export import export_timm

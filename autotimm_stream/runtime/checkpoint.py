@@ -36,7 +36,7 @@ from .. import __version__
 from ..errors import ConfigError, ModelError, first_line
 from .bundle import BundleMeta
 from .eval_transform import preprocessing, transform_config
-from .export import export_module, parse_classes
+from .export import check_image_size, export_module, parse_classes
 
 __all__ = ["CheckpointInfo", "inspect_checkpoint", "load_autotimm_model", "export_checkpoint", "TASK_CLASSES"]
 
@@ -318,12 +318,7 @@ def export_checkpoint(
         top_k: classification: how many classes each result lists.
         device: ``aoti`` only: the device the package is compiled for (``cpu`` or ``cuda``).
     """
-    # only None means "the checkpoint's size": preprocessing() reads a falsy 0 as a default too
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(
-            f"image_size (--image-size): expected a whole number of pixels >= 1, got {image_size!r}; "
-            "pass None (omit --image-size) for the checkpoint's own size"
-        )
+    check_image_size(image_size)  # before anything loads; preprocessing() reads a falsy 0 as "default"
     path = os.fspath(path)
     model, info = load_autotimm_model(path)
     names = (

@@ -51,6 +51,16 @@ class FlatOutputs(torch.nn.Module):
         return flatten_outputs(self.model(x))
 
 
+def check_image_size(image_size: object) -> None:
+    """Refuse an export size that is not a whole number >= 1; only None means the model's own size
+    (a falsy 0 must not pass for "default")."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(
+            f"image_size (--image-size): expected a whole number of pixels >= 1, got {image_size!r}; "
+            "pass None (omit --image-size) for the model's own size"
+        )
+
+
 def export_module(
     model: torch.nn.Module,
     meta: BundleMeta,
@@ -116,10 +126,7 @@ def export_timm(
 
     if top_k < 1:
         raise ConfigError(f"--top-k must be 1 or more (classes listed per result), got {top_k}")
-    if image_size is not None and image_size < 1:
-        raise ConfigError(
-            f"--image-size must be a positive number of pixels, got {image_size}; omit it for the model's"
-        )
+    check_image_size(image_size)
     kwargs = {"pretrained": False, "num_classes": len(class_names)}
     try:
         try:
