@@ -24,10 +24,10 @@ One PyAV capture loop inside a per-stream state machine::
   trigger). :meth:`LiveSource.stop_wait_s` bounds both; ``Pipeline.close`` waits that long.
 - Each session's timestamps are mapped onto one clock from the source's start, so PTS grow
   across reconnects and the gap shows as a gap; a stream clock that goes back within a session
-  starts the session's clock again after the last frame (flagged ``AFTER_GAP``). Frames decoded with errors, after undecodable
-  packets, after a reconnect or after a PTS jump carry ``CORRUPT`` / ``AFTER_GAP``; with
-  ``skip_until_keyframe`` frames after such a break are dropped (``until_keyframe``) until the
-  next keyframe.
+  starts the session's clock again after the last frame (flagged ``AFTER_GAP``). Frames decoded
+  with errors, after undecodable packets, after a reconnect or after a PTS jump carry
+  ``CORRUPT`` / ``AFTER_GAP``; with ``skip_until_keyframe`` frames after such a break are dropped
+  (``until_keyframe``) until the next keyframe.
 - URLs are logged and reported with credentials replaced by ``***``.
 """
 
@@ -195,7 +195,6 @@ class LiveSource(Source):
         self._fps = spec.fps_hint
         self._t0: float | None = None  # monotonic time of the first frame ever: the zero of the PTS clock
         self._last_pts = -1.0
-        self._session_frames = 0  # frames decoded in the current session
         self._read_timeout_s = 0.0  # the current session's read timeout
         self._delivered_at: float | None = None  # finite streams: stream time of the last frame delivered
 
@@ -237,7 +236,6 @@ class LiveSource(Source):
                     return
                 continue
             self.sessions += 1
-            self._session_frames = 0
             try:
                 reason = self._stream(container)
             finally:
@@ -246,7 +244,7 @@ class LiveSource(Source):
                 return
             if not self.spec.live and reason == "end of stream":
                 return  # a finite stream (e.g. a VOD URL) that simply ended
-            if not self._session_frames:
+            if self.state is not SourceState.RUNNING:  # every session starts not RUNNING
                 # opened but never produced a frame (a server that answers PLAY and sends nothing,
                 # a camera that drops extra clients): a failed attempt, so it backs off and
                 # counts towards max_attempts instead of being retried at the first delay forever
@@ -340,7 +338,6 @@ class LiveSource(Source):
                     continue
                 for vf in decoded:
                     last_frame = time.monotonic()
-                    self._session_frames += 1
                     if self.state is not SourceState.RUNNING:
                         self._on_running(vf)
                         stall_s = self.stall_timeout_s()
@@ -368,18 +365,14 @@ class LiveSource(Source):
                             anchor = (vf.pts, self._last_pts + gap)
                             if self._fps and gap > 2.5 / self._fps:
                                 flags |= FrameFlags.AFTER_GAP
-                        if anchor is None:  # a session's stream clock starts where the wall clock is
-                            # (never before the previous session's last frame: a stream read
-                            # faster than real time is ahead of the wall clock)
-                            interval = 1.0 / self._fps if self._fps else 0.04
-                            anchor = (vf.pts, now if self._last_pts < 0 else max(now, self._last_pts + interval))
+                        if anchor is None:
+                            anchor = (vf.pts, self._clock_start(now))
                         pts = anchor[1] + float((vf.pts - anchor[0]) * tb)
                         if prev_pts is not None and pts < prev_pts:
                             # the stream clock went back (an encoder restart, a camera's clock
                             # reset): start the session's clock again after the last frame
                             # instead of squeezing every later frame behind it
-                            interval = 1.0 / self._fps if self._fps else 0.04
-                            anchor = (vf.pts, max(now, self._last_pts + interval))
+                            anchor = (vf.pts, self._clock_start(now))
                             pts = anchor[1]
                             flags |= FrameFlags.AFTER_GAP
                     if prev_pts is not None and self._fps and pts - prev_pts > 2.5 / self._fps:
@@ -402,6 +395,13 @@ class LiveSource(Source):
         except (av.error.FFmpegError, OSError) as exc:
             return f"read failed: {self._safe(exc)}"
         return "end of stream"
+
+    def _clock_start(self, now: float) -> float:
+        """Where a session's stream clock starts on ours: at the wall clock, but never before the
+        previous frame (a stream read faster than real time is ahead of the wall clock)."""
+        if self._last_pts < 0:
+            return now
+        return max(now, self._last_pts + (1.0 / self._fps if self._fps else 0.04))
 
     def _on_running(self, vf: av.VideoFrame) -> None:
         self.info = SourceInfo(vf.width, vf.height, self._fps, LIVE_TIME_BASE, None)
