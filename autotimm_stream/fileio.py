@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["write_atomic", "write_bytes_atomic"]
+__all__ = ["unused_path", "write_atomic", "write_bytes_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suffix: str = "") -> None:
@@ -35,3 +35,14 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             fh.write(data)
 
     write_atomic(path, write)
+
+
+def unused_path(path: str, used: set[str]) -> str:
+    """``path``, or ``root_N.ext`` (N = 2, 3...) when ``used`` already holds it: a sink's files
+    never replace one another (a source added again under the same id restarts its names)."""
+    root, ext = os.path.splitext(path)
+    candidate, n = path, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{root}_{n}{ext}"
+    return candidate

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..annotate import draw_result
 from ..errors import ConfigError, SinkError
-from ..fileio import write_bytes_atomic
+from ..fileio import unused_path, write_bytes_atomic
 from ..frame import Result
 from .base import EndOfStream, Sink
 
@@ -241,7 +241,7 @@ class SnapshotSink(Sink):
             source = f"{source}_{session}"
         stem = f"{source}_{r.index:08d}"
         for c in due:
-            name = self._unused(f"{stem}_{self._file_names[c]}")
+            name = unused_path(f"{stem}_{self._file_names[c]}.jpg", self._names)
             path = os.path.join(self.folder, name)
             try:
                 write_bytes_atomic(path, jpeg.tobytes())
@@ -252,14 +252,6 @@ class SnapshotSink(Sink):
             self.written += 1
             self.per_class[c] += 1
             self.paths.append(path)
-
-    def _unused(self, stem: str) -> str:
-        """``stem.jpg``, or ``stem_N.jpg`` when this sink already wrote that name (never overwrite one)."""
-        name, n = f"{stem}.jpg", 1
-        while name in self._names:
-            n += 1
-            name = f"{stem}_{n}.jpg"
-        return name
 
     def _failed(self, why: str, n: int) -> None:
         # a snapshot is a side product: a full disk must not stop inference, but it must be seen

@@ -21,6 +21,7 @@ import cv2
 
 from ..annotate import draw_result
 from ..errors import SinkError
+from ..fileio import unused_path
 from ..frame import Result
 from .base import EndOfStream, Sink
 
@@ -153,12 +154,8 @@ class VideoSink(Sink):
     def _writer(self, r: Result) -> _Writer:
         w = self._writers.get(r.source_id)
         if w is None:
-            path = video_path(self.path_template, r.source_id, self.several)
-            n = 1
-            while path in self._used:  # a source removed and added again: never overwrite its file
-                n += 1
-                root, ext = os.path.splitext(video_path(self.path_template, r.source_id, self.several))
-                path = f"{root}_{n}{ext}"
+            # a source removed and added again: never overwrite its file
+            path = unused_path(video_path(self.path_template, r.source_id, self.several), self._used)
             self._used.add(path)
             tb = r.frame.time_base if isinstance(r.frame.time_base, Fraction) else _FALLBACK_TB
             try:
