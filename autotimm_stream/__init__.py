@@ -1,6 +1,8 @@
 """autotimm-stream: real-time video inference for AutoTimm-trained models.
 
-    Source -> RingBuffer -> Batcher(ModelRunner, Postprocessor) -> Result -> Sink*
+    Source -> RingBuffer -> Worker(Batcher, ModelRunner, Postprocessor) -> Result -> Sink*
+
+See docs/architecture.md for the layers and where to add a source, a sink or a task.
 
 The public names below load on first use, so light entry points (``autotimm-stream listen``)
 start without importing torch.
@@ -15,33 +17,43 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Batcher": "batching",
-    "BatchPolicy": "batching",
+    "BatchPolicy": "config",
     "BundleMeta": "runtime.bundle",
     "ConfigError": "errors",
+    "ControlServer": "app.control",
+    "Detection": "messages",
+    "EndOfStream": "messages",
+    "FileSource": "sources",
+    "FolderSource": "sources",
     "Frame": "frame",
     "FrameFlags": "frame",
+    "LiveOptions": "config",
+    "LiveSource": "sources",
     "ModelError": "errors",
     "ModelRunner": "runtime.runner",
     "Pipeline": "pipeline",
+    "PipelineStats": "stats",
     "Policy": "ringbuffer",
-    "Prediction": "frame",
-    "Result": "frame",
+    "Prediction": "messages",
+    "ReconnectPolicy": "config",
+    "Result": "messages",
     "RingBuffer": "ringbuffer",
+    "RunConfig": "config",
+    "Sink": "sinks.base",
     "SinkError": "errors",
+    "Source": "sources.base",
     "SourceError": "errors",
+    "SourceState": "messages",
+    "SourceStats": "stats",
+    "StatusEvent": "messages",
     "StreamError": "errors",
-    "load_bundle": "runtime.formats",
-    "read_meta": "runtime.formats",
-    "ControlServer": "control",
-    "FileSource": "sources",
-    "FolderSource": "sources",
-    "LiveSource": "sources",
-    "ReconnectPolicy": "sources",
-    "SourceState": "sources",
-    "StatusEvent": "sources",
     "StreamSpec": "sources",
+    "Task": "tasks",
     "build_pipeline": "app",
     "build_source": "app",
+    "load_bundle": "runtime.load",
+    "load_config": "config",
+    "read_meta": "runtime.load",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

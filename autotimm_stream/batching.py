@@ -16,30 +16,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from .config import BatchPolicy
 from .frame import Frame
 from .ringbuffer import RingBuffer
 
-__all__ = ["Batcher", "BatchPolicy"]
+__all__ = ["Batcher"]
 
 _POLL_S = 0.1
 _LINGER_POLL_S = 0.005  # past the deadline, how often ``linger`` is asked again
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPolicy:
-    max_batch: int = 8  # frames per batch at most
-    max_wait_ms: float = 10.0  # longest a frame waits for company, from entering its buffer
-    max_frames_per_source: int = 0  # per-source share of one batch; 0 = no limit
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.max_frames_per_source < 0:
-            raise ValueError(f"max_frames_per_source must be >= 0, got {self.max_frames_per_source}")
 
 
 class Batcher:

@@ -1,6 +1,6 @@
 """Command line: ``autotimm-stream run | demo | export | info | listen | keygen | control``.
 
-A thin shell over :mod:`autotimm_stream.app`. User errors print one line and exit 2; a first
+A thin shell over :mod:`autotimm_stream.app` (and :mod:`autotimm_stream.export` for bundles). User errors print one line and exit 2; a first
 Ctrl-C or SIGTERM stops gracefully (exit 0), a second one stops without draining.
 """
 
@@ -13,10 +13,17 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, StreamError
+from .net import DEFAULT_CONTROL_ENDPOINT, DEFAULT_ENDPOINT
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .pipeline import Pipeline
+    from .sinks import Sink
+    from .stats import PipelineStats
 
 __all__ = ["main"]
 
@@ -64,68 +71,50 @@ def _positive_seconds(text: str) -> float:
 
 
 # -- run ----------------------------------------------------------------------------------------
-def _progress(pipeline: Any, enabled: bool):
-    """A tqdm bar over the file sources' frame count (fps, ETA, drops); a no-op when disabled."""
+def _progress(pipeline: Pipeline, enabled: bool) -> Any:
+    """A tqdm bar over the file sources' frame count (fps, ETA, drops); None when disabled."""
     if not enabled:
         return None
     from tqdm import tqdm
 
     counts = [s.info.frames for s in pipeline.sources if s.info is not None]
-    total = sum(counts) if counts and all(counts) else None
+    total = sum(c for c in counts if c) if counts and all(counts) else None
     bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-    state = {"n": 0}
+    shown = 0
 
-    def tick(p: Any) -> None:
-        n = p.frames_total
-        bar.update(n - state["n"])
-        state["n"] = n
-        drops = sum(sum(s.buffer.drops.values()) for s in p.sources)
-        bar.set_postfix(drops=drops, refresh=False)
-        if p.done:
+    def tick(p: Pipeline) -> None:
+        nonlocal shown
+        stats = p.stats(detail=False)
+        bar.update(stats.frames - shown)
+        shown = stats.frames
+        bar.set_postfix(drops=stats.drops, refresh=False)
+        if stats.done:
             bar.close()
 
     return tick
 
 
-def _print_summary(summary: dict[str, Any], path: str | None) -> None:
+def _print_summary(stats: PipelineStats, sinks: list[Sink], path: str | None) -> None:
     err = sys.stderr
     print(
-        f"\n{summary['frames']} frames in {summary['elapsed_s']:.2f} s = {summary['fps']:.1f} fps "
-        f"(mean batch {summary['batch_size_mean']}), {summary['drops']} dropped",
+        f"\n{stats.frames} frames in {stats.elapsed_s:.2f} s = {stats.fps:.1f} fps "
+        f"(mean batch {round(stats.batch_size_mean, 2)}), {stats.drops} dropped",
         file=err,
     )
-    stages = summary["stages_ms"]
-    zmq = summary["sinks"].get("zmq")
-    if zmq:
-        stages = {**stages, "publish": zmq["publish_ms"]}
     print("  stage       mean ms   p50 ms   p95 ms   (batch stages: per-frame share)", file=err)
-    for name, st in stages.items():
-        print(f"  {name:<10} {st['mean']:>8.2f} {st['p50']:>8.2f} {st['p95']:>8.2f}", file=err)
-    for sid, s in summary["sources"].items():
-        drops = ", ".join(f"{k}={v}" for k, v in s["drops"].items()) or "none"
-        print(f"  source {sid}: {s['frames_out']}/{s['frames_decoded']} frames out, drops: {drops}", file=err)
-    if zmq:
-        print(
-            f"  zmq {zmq['endpoint']}: {zmq['sent']} messages sent, {zmq['dropped']} dropped (slow subscribers)",
-            file=err,
-        )
-    for sink in ("jsonl", "video"):
-        if sink in summary["sinks"]:
-            st = summary["sinks"][sink]
-            paths = st.get("paths") or {"": st.get("path")}
-            for p in paths.values():
-                print(f"  {sink}: {p}", file=err)
-    snap = summary["sinks"].get("snapshot")
-    if snap:
-        print(f"  snapshots: {snap['written']} in {snap['folder']} ({snap['skipped']} skipped)", file=err)
-    report = (summary["sinks"].get("report") or {}).get("path")
-    if report:
-        print(f"  report: {report}", file=err)
+    for name, st in stats.all_stages.items():
+        print(f"  {name:<10} {st.mean:>8.2f} {st.p50:>8.2f} {st.p95:>8.2f}", file=err)
+    for sid, s in stats.sources.items():
+        drops = ", ".join(f"{k}={v}" for k, v in s.drops.items()) or "none"
+        print(f"  source {sid}: {s.frames_out}/{s.frames_decoded} frames out, drops: {drops}", file=err)
+    for sink in sinks:
+        for line in sink.summary_lines():
+            print(f"  {line}", file=err)
     if path:
         print(f"  summary: {path}", file=err)
 
 
-def _install_signals(pipeline: Any) -> None:
+def _install_signals(pipeline: Pipeline) -> None:
     hits = {"n": 0}
 
     def handler(signum: int, _frame: Any) -> None:
@@ -141,7 +130,7 @@ def _install_signals(pipeline: Any) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def run_config(cfg: Any, progress: bool | None = None, on_started: Any = None) -> int:
+def run_config(cfg: RunConfig, progress: bool | None = None, on_started: Any = None) -> int:
     """Run a validated config to the end (or a signal); returns the exit code."""
     from .app import build_pipeline, write_report, write_summary
 
@@ -151,12 +140,11 @@ def run_config(cfg: Any, progress: bool | None = None, on_started: Any = None) -
         progress = sys.stderr.isatty()
     if on_started:
         on_started(pipeline)
-    summary = pipeline.run(on_tick=_progress(pipeline, progress))
-    report = write_report(pipeline, summary, cfg.output_dir)
-    if report:
-        summary["sinks"]["report"]["path"] = report  # the summary was taken before the report existed
-    path = write_summary(summary, cfg.output_dir)
-    _print_summary(summary, path)
+    stats = pipeline.run(on_tick=_progress(pipeline, progress))
+    if write_report(pipeline, stats, cfg.output_dir):
+        stats = pipeline.stats()  # the run has ended: only the report sink's path is new
+    path = write_summary(stats, cfg.output_dir)
+    _print_summary(stats, pipeline.sinks, path)
     if pipeline.error is not None:
         err = pipeline.error
         if isinstance(err, StreamError):
@@ -175,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- demo ---------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo_config
+    from .app.demo import demo_config
 
     cfg = demo_config(args.out, args.set, frames=args.frames, realtime=not args.fast, task=args.task)
     endpoint = cfg.sinks.zmq.endpoint if cfg.sinks.zmq.enabled else None
@@ -205,7 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.timm):
         raise ConfigError("export needs a CHECKPOINT (an AutoTimm .ckpt) or --timm NAME, not both and not neither")
     if args.checkpoint:
-        from .runtime.checkpoint import export_checkpoint
+        from .export.checkpoint import export_checkpoint
 
         meta = export_checkpoint(
             args.checkpoint,
@@ -221,7 +209,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if meta.quantization:
             note += f"; {meta.quantization.get('mode')}: {meta.quantization.get('summary', '')}"
     else:
-        from .runtime.export import export_timm, parse_classes
+        from .export.timm import export_timm, parse_classes
 
         if args.quantize:
             raise ConfigError("--quantize applies to checkpoint exports; train the model with AutoTimm first")
@@ -246,7 +234,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .runtime.formats import read_meta
+    from .runtime.load import read_meta
 
     meta = read_meta(args.bundle)
     print(meta.to_json())
@@ -331,7 +319,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 # -- control ------------------------------------------------------------------------------------
 def cmd_control(args: argparse.Namespace) -> int:
-    from .control import request
+    from .app.control import request
 
     if args.action == "add":
         if not args.arg:
@@ -413,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     sub_l = sub.add_parser("listen", help="print results published on ZeroMQ")
-    sub_l.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5555")
+    sub_l.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT)
     sub_l.add_argument("--topic", action="append", help="topic prefix to subscribe to (repeatable)")
     sub_l.add_argument("--json", action="store_true", help="one JSON object per line")
     sub_l.add_argument("--count", type=_positive_int, help="exit after this many messages (default: never)")
@@ -435,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("control", help="add, remove or list the sources of a running engine")
     c.add_argument("action", choices=("list", "add", "remove", "stats", "stop"))
     c.add_argument("arg", nargs="?", help="add: source as JSON/YAML text or a file; remove: source id")
-    c.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the engine's control.endpoint")
+    c.add_argument("--endpoint", default=DEFAULT_CONTROL_ENDPOINT, help="the engine's control.endpoint")
     c.add_argument("--timeout", type=_positive_seconds, default=10.0, help="seconds to wait for the reply")
     c.set_defaults(func=cmd_control)
     return p

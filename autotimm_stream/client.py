@@ -24,7 +24,8 @@ import numpy as np
 import zmq
 
 from .errors import StreamError
-from .frame import Detection, Prediction
+from .messages import Detection, Prediction
+from .net import DEFAULT_ENDPOINT
 from .protocol import MASK_PART, RESULT_KINDS, SCHEMA_VERSION, ProtocolError, decode_mask, split_topic, validate
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
     "EosMessage",
     "parse_message",
 ]
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ Every error names the field path (``sources[0].uri``), what was expected and wha
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,8 +25,22 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .net import DEFAULT_CONTROL_ENDPOINT, DEFAULT_ENDPOINT, DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
-__all__ = ["RunConfig", "SourceConfig", "load_config", "apply_overrides", "validate_config", "validate_source"]
+__all__ = [
+    "RunConfig",
+    "SourceConfig",
+    "BatchPolicy",
+    "ReconnectPolicy",
+    "LiveOptions",
+    "SnapshotConfig",
+    "ZmqConfig",
+    "parse_device",
+    "load_config",
+    "apply_overrides",
+    "validate_config",
+    "validate_source",
+]
 
 _ID_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # in ZMQ topics and file names: never ".", ".." or "-x"
 
@@ -39,18 +54,26 @@ def _file_name(value: str) -> str:
 
 FileName = Annotated[str, AfterValidator(_file_name)]
 
-# what runtime.runner.resolve_device accepts: torch's cpu/cuda device strings, plus auto. torch
-# keeps a device index in 8 bits: cuda:128 becomes cuda:-128 and cuda:255 plain cuda, so N <= 127.
+# torch's cpu/cuda device strings, plus auto. torch keeps a device index in 8 bits: cuda:128
+# becomes cuda:-128 and cuda:255 plain cuda, so N <= 127.
 _DEVICE_RE = re.compile(r"auto|(cpu|cuda)(:(0|[1-9][0-9]{0,2}))?")
 _MAX_DEVICE_INDEX = 127
+DEVICE_HINT = f"expected 'cpu', 'cuda', 'cuda:N' (N from 0 to {_MAX_DEVICE_INDEX}) or 'auto' (cuda when present)"
+
+
+def parse_device(value: str) -> tuple[str, int | None]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; ``"auto"`` -> ``("auto", None)``; ValueError for anything else.
+
+    The one rule for ``model.device``: the config checks it at load, the runner when it resolves it.
+    """
+    m = _DEVICE_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or (m.group(3) is not None and int(m.group(3)) > _MAX_DEVICE_INDEX):
+        raise ValueError(DEVICE_HINT)
+    return (m.group(1) or "auto"), (None if m.group(3) is None else int(m.group(3)))
 
 
 def _device(value: str) -> str:
-    m = _DEVICE_RE.fullmatch(value)
-    if m is None or (m.group(3) is not None and int(m.group(3)) > _MAX_DEVICE_INDEX):
-        raise ValueError(
-            f"expected 'cpu', 'cuda', 'cuda:N' (N from 0 to {_MAX_DEVICE_INDEX}) or 'auto' (cuda when present)"
-        )
+    parse_device(value)
     return value
 
 
@@ -94,28 +117,37 @@ class FolderSourceConfig(_SourceBase):
     realtime: bool = Field(False, description="pace the images at fps, like a live camera")
 
 
-class ReconnectConfig(_Strict):
-    """Exponential backoff with jitter between connection attempts."""
+class ReconnectPolicy(_Strict):
+    """When to try again after a failed connection or a lost stream: exponential backoff with jitter."""
 
-    initial_delay_s: float = Field(0.5, ge=0, le=3600)
-    max_delay_s: float = Field(30.0, gt=0, le=86_400)
-    multiplier: float = Field(2.0, ge=1, le=100)
-    jitter: float = Field(0.2, ge=0, lt=1, description="+- fraction of random spread")
+    model_config = ConfigDict(frozen=True)
+
+    initial_delay_s: float = Field(0.5, ge=0, le=3600, description="wait before the first retry")
+    max_delay_s: float = Field(30.0, gt=0, le=86_400, description="the backoff never exceeds this")
+    multiplier: float = Field(2.0, ge=1, le=100, description="each consecutive failure multiplies the wait")
+    jitter: float = Field(
+        0.2, ge=0, lt=1, description="+- fraction of random spread, so many cameras do not retry in lockstep"
+    )
     max_attempts: int | None = Field(
         None, ge=1, description="failed attempts in a row before FAILED (no frame counts as a failure); null = forever"
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> ReconnectConfig:
+    def _ordered(self) -> ReconnectPolicy:
         if self.max_delay_s < self.initial_delay_s:
             raise ValueError(f"max_delay_s ({self.max_delay_s}) must be >= initial_delay_s ({self.initial_delay_s})")
         return self
 
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failures so far)."""
+        base = min(self.max_delay_s, self.initial_delay_s * self.multiplier ** max(0, attempt - 1))
+        return max(0.0, base * (1.0 + rng.uniform(-self.jitter, self.jitter)))
 
-class _LiveSourceConfig(_SourceBase):
-    policy: Literal["block", "latest"] = Field("latest", description="live default: drop the oldest frame")
-    buffer_size: int = Field(4, ge=1, le=4096, description="ring buffer capacity in frames")
-    reconnect: ReconnectConfig = ReconnectConfig()
+
+class LiveOptions(_Strict):
+    """How a live source reconnects and watches its stream (every live source type takes these)."""
+
+    reconnect: ReconnectPolicy = ReconnectPolicy()
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="give up one connection attempt after this")
     stall_frames: int = Field(50, ge=1, le=100_000, description="no frame for this many intervals: reconnect")
     min_stall_s: float = Field(1.0, gt=0, le=3600, description="the stall watchdog never fires sooner than this")
@@ -123,6 +155,11 @@ class _LiveSourceConfig(_SourceBase):
         False, description="after a decode error or reconnect, drop frames until a keyframe"
     )
     decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg decoder threads (slice threading, no added delay)")
+
+
+class _LiveSourceConfig(_SourceBase, LiveOptions):
+    policy: Literal["block", "latest"] = Field("latest", description="live default: drop the oldest frame")
+    buffer_size: int = Field(4, ge=1, le=4096, description="ring buffer capacity in frames")
 
 
 class RtspSourceConfig(_LiveSourceConfig):
@@ -185,7 +222,7 @@ class ControlConfig(_Strict):
     """A ZMQ REP socket that adds, removes and lists sources while the engine runs."""
 
     enabled: bool = False
-    endpoint: str = Field("tcp://127.0.0.1:5556", pattern=r"^(tcp|ipc|inproc)://.+")
+    endpoint: str = Field(DEFAULT_CONTROL_ENDPOINT, pattern=r"^(tcp|ipc|inproc)://.+")
 
 
 class ModelConfig(_Strict):
@@ -203,9 +240,13 @@ class ModelConfig(_Strict):
     )
 
 
-class BatchingConfig(_Strict):
-    max_batch: int = Field(8, ge=1, le=1024)
-    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+class BatchPolicy(_Strict):
+    """How frames of many sources are grouped into batches, and the worker threads around the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_batch: int = Field(8, ge=1, le=1024, description="frames per batch at most")
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="longest a frame waits for company, from its buffer")
     max_frames_per_source: int = Field(0, ge=0, description="per-source share of a batch; 0 = no limit")
     prep_threads: int = Field(1, ge=1, le=256, description="torch threads of the preprocessing thread")
     support_priority: Literal["auto", "low", "normal"] = Field(
@@ -223,7 +264,7 @@ class CurveConfig(_Strict):
 
 class ZmqConfig(_Strict):
     enabled: bool = True
-    endpoint: str = Field("tcp://127.0.0.1:5555", pattern=r"^(tcp|ipc|inproc)://.+")
+    endpoint: str = Field(DEFAULT_ENDPOINT, pattern=r"^(tcp|ipc|inproc)://.+")
     mode: Literal["pub", "push"] = Field("pub", description="pub: fan-out, never blocks; push: reliable, waits")
     hwm: int = Field(1000, ge=1, description="messages queued per subscriber before sends are dropped")
     wait_subscribers: int = Field(
@@ -258,7 +299,9 @@ class SnapshotConfig(_Strict):
 
     enabled: bool = False
     folder: str = Field("snapshots", description="folder for the JPEGs, relative to output_dir")
-    classes: list[str] = Field(default_factory=list, description="labels that trigger a snapshot")
+    classes: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="labels that trigger a snapshot"
+    )
     min_score: float = Field(0.5, ge=0, le=1, description="detection/classification score a class needs to count")
     min_fraction: float = Field(0.01, ge=0, le=1, description="segmentation: share of the pixels a class needs")
     cooldown_s: float = Field(5.0, ge=0, le=86_400, description="per source and class, least source time between")
@@ -285,8 +328,8 @@ class MetricsConfig(_Strict):
     """Prometheus metrics (/metrics), liveness (/healthz) and readiness (/ready) over HTTP."""
 
     enabled: bool = False
-    host: str = Field("127.0.0.1", min_length=1, description="interface to serve on (others are warned about)")
-    port: int = Field(9108, ge=0, le=65535, description="0 = any free port")
+    host: str = Field(DEFAULT_METRICS_HOST, min_length=1, description="interface to serve on (others are warned about)")
+    port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="0 = any free port")
 
 
 class RunConfig(_Strict):
@@ -294,7 +337,7 @@ class RunConfig(_Strict):
 
     sources: list[SourceConfig] = Field(default_factory=list, description="empty only with control enabled")
     model: ModelConfig
-    batching: BatchingConfig = BatchingConfig()
+    batching: BatchPolicy = BatchPolicy()
     sinks: SinksConfig = SinksConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()

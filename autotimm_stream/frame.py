@@ -1,18 +1,15 @@
-"""The two currencies of the pipeline: a decoded :class:`Frame` goes in, a :class:`Result` comes out."""
+"""What a source hands the engine: a decoded :class:`Frame` (its result is a :class:`~.messages.Result`)."""
 
 from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Frame", "FrameFlags", "Result", "Prediction", "Detection", "STAGES"]
-
-# Stage names of the per-frame timings, in pipeline order (milliseconds each).
-STAGES = ("decode", "queue", "preprocess", "wait", "infer", "post", "publish")
+__all__ = ["Frame", "FrameFlags", "now_ns", "ms_since"]
 
 
 class FrameFlags(enum.IntFlag):
@@ -66,107 +63,6 @@ class Frame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
-
-
-@dataclass(slots=True)
-class Prediction:
-    """One scored class: ``class_id`` into the model's class list, its name and its score."""
-
-    class_id: int
-    label: str
-    score: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"class_id": self.class_id, "label": self.label, "score": round(self.score, 6)}
-
-
-@dataclass(slots=True)
-class Detection:
-    """One detected object: ``box`` is ``(x1, y1, x2, y2)`` in source-frame pixels."""
-
-    box: tuple[float, float, float, float]
-    class_id: int
-    label: str
-    score: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 2) for v in self.box],
-            "class_id": self.class_id,
-            "label": self.label,
-            "score": round(self.score, 6),
-        }
-
-
-@dataclass(slots=True, eq=False)
-class Result:
-    """What the engine concluded about one frame.
-
-    A task only changes which output fields are set:
-
-    - ``classes``: the top-K (classification) or every class above its threshold (multi-label),
-      best first;
-    - ``detections``: objects, best first, boxes in source-frame pixels (detection);
-    - ``mask``: ``uint8 [H, W]`` class ids at source resolution and ``class_fractions``, the share
-      of the frame's pixels per class (segmentation). The mask is not part of :meth:`to_json`;
-      sinks that carry it (ZMQ) send it as a binary frame.
-    """
-
-    frame: Frame
-    task: str
-    classes: list[Prediction] = field(default_factory=list)
-    detections: list[Detection] = field(default_factory=list)
-    mask: np.ndarray | None = None
-    class_fractions: list[tuple[int, str, float]] = field(default_factory=list)  # (id, name, fraction)
-    timings: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 0
-    done_ns: int = 0  # time.monotonic_ns() when post-processing finished
-    model: str = ""  # name of the model that produced it
-    model_version: str = ""  # first 12 hex digits of the bundle file's SHA-256
-    _record: dict[str, Any] | None = field(default=None, init=False, repr=False)  # cache of to_json()
-
-    @property
-    def source_id(self) -> str:
-        return self.frame.source_id
-
-    @property
-    def index(self) -> int:
-        return self.frame.index
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-able record of this result, built once and shared by every sink: do not mutate it."""
-        if self._record is None:
-            self._record = self._build_record()
-        return self._record
-
-    def _task_record(self) -> dict[str, Any]:
-        if self.task == "detection":
-            return {"detections": [d.to_json() for d in self.detections]}
-        if self.task == "segmentation":
-            return {
-                "class_fractions": [
-                    {"class_id": i, "label": name, "fraction": round(frac, 6)} for i, name, frac in self.class_fractions
-                ]
-            }
-        return {"classes": [p.to_json() for p in self.classes]}
-
-    def _build_record(self) -> dict[str, Any]:
-        f = self.frame
-        return {
-            "source_id": f.source_id,
-            "frame_index": f.index,
-            "pts": None if f.pts is None else round(f.pts, 6),
-            "capture_ns": f.capture_ns,
-            "width": f.width,
-            "height": f.height,
-            "flags": [flag.name.lower() for flag in FrameFlags if flag and flag in f.flags],
-            "task": self.task,
-            "model": self.model,
-            "model_version": self.model_version,
-            "batch_size": self.batch_size,
-            **self._task_record(),
-            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
-        }
 
 
 def now_ns() -> int:

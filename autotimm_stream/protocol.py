@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamError
+from .tasks import TASKS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-RESULT_KINDS = ("classification", "multilabel", "detection", "segmentation")
+RESULT_KINDS = TASKS  # a result's topic kind is its task
 KINDS = (*RESULT_KINDS, "status", "heartbeat", "eos")
 MASK_ENCODINGS = ("raw", "png")
 MASK_PART = 2  # index of the message part that carries a segmentation mask

@@ -28,7 +28,11 @@ from typing import Protocol
 from .frame import Frame
 from .stats import Ewma
 
-__all__ = ["RingBuffer", "Policy"]
+__all__ = ["RingBuffer", "Policy", "StopFlag", "DROP_REASONS"]
+
+# Why a frame can be lost before inference: buffer_full and stale here, decode_error and
+# until_keyframe in the sources, shutdown when a stop leaves frames behind.
+DROP_REASONS = ("buffer_full", "stale", "decode_error", "until_keyframe", "shutdown")
 
 _POLL_S = 0.1  # longest single wait; every loop re-checks the stop event at least this often
 _PACE_ALPHA = 0.2  # weight of the newest gap in the producer's pace
@@ -36,7 +40,7 @@ _now_ns = time.monotonic_ns  # the buffer's clock (tests replace it)
 
 
 class StopFlag(Protocol):
-    """Anything with ``is_set()``: a ``threading.Event``, or a source's :class:`~.sources.base.Halt`."""
+    """Anything with ``is_set()``: a ``threading.Event``, or a source's ``Halt``."""
 
     def is_set(self) -> bool: ...
 
@@ -77,6 +81,15 @@ class RingBuffer:
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    def share_bell(self, bell: threading.Condition) -> None:
+        """Ring ``bell`` (the batcher's, shared by every buffer of a pipeline) instead of this buffer's own.
+
+        Only before the first frame: a frame put meanwhile would have rung a bell nobody waits on.
+        """
+        if self.frames_in:
+            raise RuntimeError("a ring buffer's bell can only be shared before its first frame")
+        self.bell = bell
 
     @property
     def closed(self) -> bool:

@@ -1,20 +1,15 @@
 """The batching worker: three threads between the ring buffers and the sinks.
 
-*prep* forms a batch and converts it into a tensor, *infer* runs the network and nothing else,
-*post* turns the outputs into results and hands them to the sinks while the next batch runs (a
-segmentation mask at 720p is ~20 core-ms per frame: on the infer thread it added straight to
-every batch's time). Files read ahead (:data:`_READ_AHEAD` prepared batches) and a short batch
-waits to fill while the model has work queued; live batches are formed just in time and take the
-frames that arrive until the model takes them (:meth:`Worker._top_up`).
+*prep* forms a batch and preprocesses it, *infer* runs the network and nothing else, *post* turns
+the outputs into results and hands them on while the next batch runs (a segmentation mask at 720p
+costs ~20 core-ms per frame). Files read ahead (:data:`READ_AHEAD` prepared batches) and a short
+batch waits to fill while the model has work queued; live batches are formed just in time and
+take the frames that arrive until the model takes them (:meth:`Worker._top_up`).
 
 Intra-op threads are set per worker thread: *infer* keeps torch's count (the model needs every
-core), *prep* and *post* use ``prep_threads`` (1 by default). With torch's OpenMP backend the count
-is a per-thread setting that each thread takes from a global default the first time it uses torch;
-two OpenMP teams on the same cores made the forward pass ~5 % slower on 2 cores. The global
-default is restored once every worker has taken its own.
-
-:class:`Worker` holds the loops; :class:`~autotimm_stream.pipeline.Pipeline` inherits them and owns
-the state they share (queues, events, statistics), set up in its ``__init__``.
+core), *prep* and *post* take ``prep_threads``. With torch's OpenMP backend a thread takes the
+global default the first time it uses torch, so the three take their counts in turn and the
+global default is restored afterwards.
 """
 
 from __future__ import annotations
@@ -24,57 +19,49 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .frame import Frame, Result
+from .batching import Batcher
+from .frame import Frame
+from .lifecycle import Shutdown
+from .messages import STAGES, EndOfStream, Result
 from .priority import lower_this_thread
 from .ringbuffer import Policy
-from .sinks.base import EndOfStream
+from .stats import Ewma, StageStats
 
 if TYPE_CHECKING:
-    from .batching import Batcher, BatchPolicy
     from .postprocess import Postprocessor
     from .runtime.runner import ModelRunner
-    from .sinks.base import SinkRunner
     from .sources.base import Source
-    from .stats import Ewma, StageStats
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "PreparedBatch", "ForwardedBatch", "READ_AHEAD", "POST_QUEUE"]
 
 _logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
-_SINK_GRACE_S = 2.0  # after the drain time, how long a sink that accepts nothing may hold a stop
-_END = object()
-# Prepared batches that may wait for the model. Files (``block``): 3, so preprocessing jitter
-# never idles the model (until 2026-11-27 the limit read 2 but preprocessing held a third batch
-# while it waited to queue it; holding only 2 made the 720p detector 4 % slower in 3 of 5
-# alternating runs, so the depth stays 3, now counted in the queue). Live sources (``latest`` or
-# a staleness budget): none beyond the one being preprocessed while the model runs, so a batch
-# is formed from the freshest frames just before the model is free: waiting in this queue is
-# invisible to the staleness budget and adds whole forward passes of latency (measured: p50
-# capture-to-publish ~4.5 forward passes with 2, see benchmarks).
-_READ_AHEAD = 3
-_POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outputs can be large)
-# How early before the model should be free a live batch is formed: twice the preprocessing
-# time, plus this share of the model's busy time (its jitter), plus a margin. Measured
-# (benchmarks/live.py, 3 x 25 fps RTSP against resnet18, paired runs): 0.4 kept the results/s of
-# forming at once (684/660 vs 642/640) and cut p50 latency 580 -> 450 ms; 0.0 cut it to ~410 ms
-# but cost ~13 % of the results.
+# Prepared batches that may wait for the model. Files: 3, so preprocessing jitter never idles the
+# model. Live sources: none beyond the one being preprocessed while the model runs, so a batch is
+# formed from the freshest frames just before the model is free (a batch waiting in this queue is
+# invisible to the staleness budget). Measurements: benchmarks/README.md.
+READ_AHEAD = 3
+POST_QUEUE = 2  # forwarded batches waiting for post-processing (bounded: outputs can be large)
+# How early before the model should be free a live batch is formed: twice the preprocessing time,
+# plus this share of the model's busy time (its jitter), plus a margin (benchmarks/README.md).
 _JIT_LEAD = 0.4
 _JIT_MARGIN_S = 0.005
 _MAX_JIT_WAIT_S = 1.0
 
 
-class _Pending:
-    """A preprocessed batch on its way to the model; live batches grow until the model takes them."""
+class PreparedBatch:
+    """A preprocessed batch on its way to the model; a live one grows until the model takes it."""
 
     __slots__ = ("frames", "x", "formed", "prep_ms", "ready", "taken", "lock")
 
-    def __init__(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float):
+    def __init__(self, frames: list[Frame], x: torch.Tensor, formed_ns: int, prep_ms: float):
         self.frames = list(frames)
         self.x = [x]  # concatenated once, when the model takes the batch
         self.formed = [formed_ns] * len(frames)  # when each frame left its ring buffer
@@ -83,7 +70,7 @@ class _Pending:
         self.taken = False
         self.lock = threading.Lock()
 
-    def join(self, frames: list[Frame], x: Any, formed_ns: int, prep_ms: float) -> None:
+    def join(self, frames: list[Frame], x: torch.Tensor, formed_ns: int, prep_ms: float) -> None:
         self.frames.extend(frames)
         self.x.append(x)
         self.formed.extend([formed_ns] * len(frames))
@@ -91,48 +78,133 @@ class _Pending:
         self.prep_ms += prep_ms
 
 
+@dataclass(slots=True)
+class ForwardedBatch:
+    """A batch the network has run: its frames and raw outputs, on their way to post-processing."""
+
+    frames: list[Frame]
+    outputs: tuple[torch.Tensor, ...]
+    formed: list[int]  # monotonic ns each frame left its ring buffer
+    prep_ms: float
+    waits_ms: list[float]  # per frame, from preprocessed to taken by the model
+    infer_ms: float
+
+
+class _End:
+    """The last item of a queue between the worker's threads."""
+
+
+_END = _End()
+Prepared = PreparedBatch | EndOfStream | _End
+Forwarded = ForwardedBatch | EndOfStream | _End
+
+
+@dataclass(slots=True)
+class _Ready:
+    """Each worker thread takes its intra-op thread count in turn (see the module docstring)."""
+
+    infer: threading.Event = field(default_factory=threading.Event)
+    prep: threading.Event = field(default_factory=threading.Event)
+    post: threading.Event = field(default_factory=threading.Event)
+
+
 class Worker:
-    """The worker threads' loops, mixed into :class:`~autotimm_stream.pipeline.Pipeline`."""
+    """Runs batches of the current sources' frames through ``runner`` and ``postprocessor``.
 
-    # state owned by the pipeline (see Pipeline.__init__)
-    sources: list[Source]
-    runner: ModelRunner
-    policy: BatchPolicy
-    batcher: Batcher
-    postprocess: Postprocessor
-    stop_event: threading.Event
-    abort: threading.Event
-    bell: threading.Condition
-    drain_timeout_s: float
-    prep_threads: int
-    error: BaseException | None
-    stages: dict[str, StageStats]
-    batch_sizes: StageStats
-    frames_out: Counter[str]
-    thread_counts: dict[str, int]
-    ended_at: float
-    _sink_runners: list[SinkRunner]
-    _prepared: queue.Queue[Any]
-    _outputs: queue.Queue[Any]
-    _outputs_closed: bool
-    _taken: threading.Condition
-    _busy_until: float
-    _busy_s: Ewma
-    _prep_s: Ewma
-    _done: threading.Event
-    _infer_ready: threading.Event
-    _prep_ready: threading.Event
-    _post_ready: threading.Event
-    _infer_threads: int
-    _low_support: bool
-    _stop_requested_at: float | None
-    _ends_out: set[str]
+    Args:
+        runner: the loaded model.
+        postprocessor: the task's post-processing.
+        batcher: forms batches from the sources' ring buffers.
+        sources: returns the current sources (the pipeline adds and removes them at run time).
+        emit: takes each batch of results and each end of stream, in order, on the post thread.
+        shutdown: the run's stop and abort events.
+        prep_threads: torch intra-op threads of the prep and post threads.
+        on_failure: called when a worker thread fails (the run must stop).
+        retire: given the ids whose end of stream has been emitted, forgets the removed ones and
+            returns their ids (their counts restart if the id comes back).
+    """
 
-    def kill(self) -> None:  # provided by Pipeline
-        raise NotImplementedError
+    def __init__(
+        self,
+        runner: ModelRunner,
+        postprocessor: Postprocessor,
+        batcher: Batcher,
+        sources: Callable[[], Sequence[Source]],
+        emit: Callable[[list[Result] | EndOfStream], None],
+        shutdown: Shutdown,
+        *,
+        prep_threads: int = 1,
+        on_failure: Callable[[], None] | None = None,
+        retire: Callable[[set[str]], Iterable[str]] | None = None,
+    ):
+        self.runner = runner
+        self.postprocess = postprocessor
+        self.batcher = batcher
+        self._sources = sources
+        self._emit = emit
+        self._shutdown = shutdown
+        self._on_failure = on_failure
+        self._retire = retire
+        self.prep_threads = prep_threads
+        self._prepared: queue.Queue[Prepared] = queue.Queue(maxsize=READ_AHEAD)
+        self._outputs: queue.Queue[Forwarded] = queue.Queue(maxsize=POST_QUEUE)
+        self._outputs_closed = False  # set by infer when it ends: post may end once the queue is empty
+        self._taken = threading.Condition()  # notified each time infer takes a prepared batch
+        # live pipelines form a batch just in time: when the running one should be nearly done
+        self._busy_until = 0.0  # monotonic time the model should finish the batch it took
+        self._busy_s = Ewma()  # how long the infer thread is busy with one batch
+        self._prep_s = Ewma()  # how long forming and preprocessing one batch takes
+        self._ends_out: set[str] = set()  # sources whose end of stream the post thread has emitted
+        self._ready = _Ready()
+        self._infer_threads = torch.get_num_threads()
+        self._low_priority = False
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        # statistics, read by Pipeline.stats()
+        self.error: BaseException | None = None
+        self.stages = {name: StageStats() for name in STAGES if name != "publish"}
+        self.batch_sizes = StageStats()
+        self.frames_out: Counter[str] = Counter()
+        self.thread_counts: dict[str, int] = {}  # intra-op threads each worker thread really got
+        self.ended_at = 0.0
 
-    def _retire(self, ended: set[str]) -> None:  # provided by Pipeline
-        raise NotImplementedError
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self, low_priority: bool = False) -> None:
+        """Start the three threads (prep and post at the lowest CPU priority when asked)."""
+        self._low_priority = low_priority
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._prep_loop,), name="worker-prep"),
+            threading.Thread(target=self._guard, args=(self._infer_loop,), name="worker-infer"),
+            threading.Thread(target=self._guard, args=(self._post_loop,), name="worker-post"),
+        ]
+        for t in self._threads:
+            t.start()
+        if self._ready.post.wait(5.0):
+            torch.set_num_threads(self._infer_threads)  # the global default, for threads started later
+
+    @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
+    @property
+    def done(self) -> bool:
+        """True once every result and end of stream has been emitted (or the worker failed)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has emitted everything; True when done."""
+        return self._done.wait(timeout)
+
+    def join(self, deadline: float) -> None:
+        """Join the threads by ``deadline`` (monotonic), aborting if they are not done by then."""
+        if self._threads and not self._done.wait(max(0.0, deadline - time.monotonic())):
+            self._shutdown.abort.set()
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+
+    def forget(self, source_id: str) -> int:
+        """Drop the count of a retired source whose id comes back; returns its results delivered."""
+        return self.frames_out.pop(source_id, 0)
 
     def _guard(self, loop: Callable[[], None]) -> None:
         try:
@@ -141,29 +213,26 @@ class Worker:
             _logger.exception("worker failed")
             if self.error is None:
                 self.error = exc
-            self.kill()
+            self._shutdown.kill()
+            if self._on_failure is not None:
+                self._on_failure()
             self._done.set()
 
-    def _draining_too_long(self) -> bool:
-        t = self._stop_requested_at
-        if t is None and self.stop_event.is_set():
-            t = self._stop_requested_at = time.monotonic()
-        return t is not None and time.monotonic() - t > self.drain_timeout_s
-
-    def _put(self, item: Any, to: queue.Queue[Any] | None = None) -> bool:
-        q = self._prepared if to is None else to
-        while not self.abort.is_set():
+    # -- helpers shared by the threads ------------------------------------------------------------
+    def _put(self, item: Any, to: queue.Queue[Any]) -> bool:
+        abort = self._shutdown.abort
+        while not abort.is_set():
             try:
-                q.put(item, timeout=_POLL_S)
+                to.put(item, timeout=_POLL_S)
                 return True
             except queue.Full:
                 continue
         return False
 
     def _await_ready(self, ready: threading.Event) -> bool:
-        """Wait until another worker has taken its thread count; False on abort."""
+        """Wait until another worker thread has taken its thread count; False on abort."""
         while not ready.wait(_POLL_S):
-            if self.abort.is_set():
+            if self._shutdown.abort.is_set():
                 return False
         return True
 
@@ -172,18 +241,20 @@ class Worker:
         torch.set_num_threads(count)  # then its own count (also the new global default)
         self.thread_counts[name] = torch.get_num_threads()
 
+    # -- prep -------------------------------------------------------------------------------------
     def _prep_loop(self) -> None:
         ended: set[str] = set()
         halt = threading.Event()
-        if not self._await_ready(self._infer_ready):  # infer must take its count first
+        shutdown = self._shutdown
+        if not self._await_ready(self._ready.infer):  # infer must take its count first
             return
         self._take_threads("prep", self.prep_threads)
-        if self._low_support:
+        if self._low_priority:
             lower_this_thread()
-        self._prep_ready.set()
+        self._ready.prep.set()
         try:
-            while not self.abort.is_set():
-                if self._draining_too_long():
+            while not shutdown.abort.is_set():
+                if shutdown.draining_too_long():
                     halt.set()
                     break
                 if not self._await_turn():
@@ -195,19 +266,30 @@ class Worker:
                     formed_ns = time.monotonic_ns()
                     x, prep_ms = self._preprocess(batch)
                     self._prep_s.add((time.monotonic_ns() - formed_ns) / 1e9)
-                    pending = _Pending(batch, x, formed_ns, prep_ms)
-                    if not self._put(pending):
+                    pending = PreparedBatch(batch, x, formed_ns, prep_ms)
+                    if not self._put(pending, self._prepared):
                         return
                     if not self._read_ahead() and not self._top_up(pending, halt):
                         return
                 self._announce_ends(ended)
-                self._retire(ended)
+                self._retire_delivered(ended)
         finally:
             self._discard_leftovers()
             self._announce_ends(ended, final=True)
-            self._put(_END)
+            self._put(_END, self._prepared)
 
-    def _top_up(self, pending: _Pending, halt: threading.Event) -> bool:
+    def _retire_delivered(self, ended: set[str]) -> None:
+        """Let the pipeline forget removed sources whose end of stream is out (memory stays bounded)."""
+        if self._retire is None:
+            return
+        delivered = {sid for sid in ended if sid in self._ends_out}  # _ends_out grows on the post thread
+        if not delivered:
+            return
+        for sid in self._retire(delivered):
+            ended.discard(sid)
+            self._ends_out.discard(sid)
+
+    def _top_up(self, pending: PreparedBatch, halt: threading.Event) -> bool:
         """Live: until the model takes ``pending``, frames that arrive join it (False on abort).
 
         A batch is formed a little before the model should be free (:meth:`_await_turn`); without
@@ -215,10 +297,11 @@ class Worker:
         the batch while newcomers are being preprocessed, they become the next batch, topped up in
         turn. Returns once the current batch is taken or full, or the run stops.
         """
-        limit = self.policy.max_batch
+        limit = self.batcher.policy.max_batch
         if not self.batcher.can_top_up():
             return True
-        while not self.abort.is_set() and not self.stop_event.is_set() and not halt.is_set():
+        stop, abort = self._shutdown.stop, self._shutdown.abort
+        while not abort.is_set() and not stop.is_set() and not halt.is_set():
             with pending.lock:
                 if pending.taken or len(pending.frames) >= limit:
                     return True
@@ -232,53 +315,54 @@ class Worker:
                 if not pending.taken:
                     pending.join(extra, x, joined_ns, prep_ms)
                     continue
-            pending = _Pending(extra, x, joined_ns, prep_ms)  # missed it: the next batch
-            if not self._put(pending):
+            pending = PreparedBatch(extra, x, joined_ns, prep_ms)  # missed it: the next batch
+            if not self._put(pending, self._prepared):
                 return False
         return True
 
-    def _held(self, pending: _Pending) -> dict[int, int]:
+    def _held(self, pending: PreparedBatch) -> dict[int, int]:
         """Frames per ring buffer (by ``id``) in ``pending``: a top-up keeps to each source's share."""
         per_source = Counter(f.source_id for f in pending.frames)
-        return {id(s.buffer): per_source[s.source_id] for s in self.sources if s.source_id in per_source}
+        return {id(s.buffer): per_source[s.source_id] for s in self._sources() if s.source_id in per_source}
 
     def _model_has_work(self) -> bool:
         """Files: a prepared batch waits for the model, so the batch being formed may wait to fill."""
-        return not self.abort.is_set() and self._read_ahead() > 0 and self._prepared.qsize() > 0
+        return not self._shutdown.abort.is_set() and self._read_ahead() > 0 and self._prepared.qsize() > 0
 
     def _read_ahead(self) -> int:
-        live = any(s.buffer.policy is Policy.LATEST or s.buffer.max_staleness_ns for s in self.sources)
-        return 0 if live else _READ_AHEAD
+        live = any(s.buffer.policy is Policy.LATEST or s.buffer.max_staleness_ns for s in self._sources())
+        return 0 if live else READ_AHEAD
 
     def _await_turn(self) -> bool:
         """Wait until the next batch should be formed; False on abort.
 
-        Files: as soon as fewer than :data:`_READ_AHEAD` prepared batches wait. Live: once the
-        model has taken the last prepared batch, and then until shortly before it should be done
-        with it (see :data:`_JIT_LEAD`), so the batch holds fresher frames and waits less.
+        Files: as soon as fewer than :data:`READ_AHEAD` prepared batches wait. Live: once the model
+        has taken the last prepared batch, and then until shortly before it should be done with it
+        (see :data:`_JIT_LEAD`), so the batch holds fresher frames and waits less.
         """
         limit = self._read_ahead()
+        abort = self._shutdown.abort
         with self._taken:
-            # files: stop at `limit` queued (a batch formed now would wait in put, holding one
-            # more full batch); live: until the model has taken the last one
+            # files: stop at `limit` queued (a batch formed now would wait in put, holding one more
+            # full batch); live: until the model has taken the last one
             while self._prepared.qsize() >= max(limit, 1):
-                if self.abort.is_set():
+                if abort.is_set():
                     return False
                 self._taken.wait(_POLL_S)
         if limit:
             return True
         lead = 2 * self._prep_s.value + _JIT_LEAD * self._busy_s.value + _JIT_MARGIN_S
         start_at = self._busy_until - lead
-        while not self.stop_event.is_set():
+        while not self._shutdown.stop.is_set():
             delay = min(start_at - time.monotonic(), _MAX_JIT_WAIT_S)
             if delay <= 0:
                 break
-            if self.abort.wait(min(delay, _POLL_S)):
+            if abort.wait(min(delay, _POLL_S)):
                 return False
         return True
 
     def _announce_ends(self, ended: set[str], final: bool = False) -> None:
-        for s in self.sources:
+        for s in self._sources():
             if s.source_id not in ended and (s.buffer.exhausted or final):
                 ended.add(s.source_id)
                 if s.error:
@@ -286,37 +370,45 @@ class Worker:
                 elif s.removed.is_set():
                     reason = "removed"
                 else:
-                    reason = "stopped" if self.stop_event.is_set() else "end"
-                self._put(EndOfStream(s.source_id, 0, reason, dict(s.buffer.drops)))
+                    reason = "stopped" if self._shutdown.stop.is_set() else "end"
+                self._put(EndOfStream(s.source_id, 0, reason, dict(s.buffer.drops)), self._prepared)
 
     def _discard_leftovers(self) -> None:
-        for s in self.sources:
+        for s in self._sources():
             left = len(s.buffer.pop(s.buffer.capacity))
             if left:
                 s.buffer.drop("shutdown", left)
                 _logger.warning("source %s: %d buffered frames dropped at shutdown", s.source_id, left)
 
+    def _preprocess(self, batch: list[Frame]) -> tuple[torch.Tensor, float]:
+        t0 = time.perf_counter()
+        x = self.runner.preprocess([f.image for f in batch])
+        return x, (time.perf_counter() - t0) * 1e3
+
+    # -- infer ------------------------------------------------------------------------------------
     def _infer_loop(self) -> None:
         self._take_threads("infer", self._infer_threads)
-        self._infer_ready.set()
+        self._ready.infer.set()
+        abort = self._shutdown.abort
         try:
             while True:
                 try:
                     item = self._prepared.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if self.abort.is_set():
+                    if abort.is_set():
                         return
                     continue
                 taken = time.monotonic()
-                if isinstance(item, _Pending):
+                if isinstance(item, PreparedBatch):
                     self._busy_until = taken + self._busy_s.value
                     with item.lock:
                         item.taken = True
-                    with self.bell:  # a top-up waiting for frames learns at once that it is too late
-                        self.bell.notify_all()
+                    bell = self.batcher.bell
+                    with bell:  # a top-up waiting for frames learns at once that it is too late
+                        bell.notify_all()
                 with self._taken:
                     self._taken.notify()
-                if item is _END or isinstance(item, EndOfStream):  # to post, in order with the batches
+                if not isinstance(item, PreparedBatch):  # to post, in order with the batches
                     if not self._put(item, self._outputs) or item is _END:
                         return
                     continue
@@ -327,108 +419,79 @@ class Worker:
         finally:
             self._outputs_closed = True
 
+    def _forward(self, p: PreparedBatch) -> ForwardedBatch:
+        now = time.monotonic_ns()
+        waits = [(now - r) / 1e6 for r in p.ready]
+        t0 = time.perf_counter()
+        outputs = self.runner.forward(p.x)
+        self.runner.synchronize()
+        return ForwardedBatch(p.frames, outputs, p.formed, p.prep_ms, waits, (time.perf_counter() - t0) * 1e3)
+
+    # -- post -------------------------------------------------------------------------------------
     def _post_loop(self) -> None:
         try:
-            if not self._await_ready(self._prep_ready):  # after prep: it sets the global default this takes
+            if not self._await_ready(self._ready.prep):  # after prep: it sets the global default this takes
                 return
             self._take_threads("post", self.prep_threads)
-            if self._low_support:
+            if self._low_priority:
                 lower_this_thread()
-            self._post_ready.set()
+            self._ready.post.set()
+            abort = self._shutdown.abort
             while True:
                 try:
                     item = self._outputs.get(timeout=_POLL_S)
                 except queue.Empty:
-                    # infer puts nothing more once it has closed (a batch put just after this
-                    # get timed out is still there)
-                    if self.abort.is_set() or (self._outputs_closed and self._outputs.empty()):
+                    # infer puts nothing more once it has closed (a batch put just after this get
+                    # timed out is still there)
+                    if abort.is_set() or (self._outputs_closed and self._outputs.empty()):
                         return
                     continue
-                if item is _END:
+                if isinstance(item, _End):
                     return
                 if isinstance(item, EndOfStream):
                     item.frames = self.frames_out[item.source_id]
                     self._emit(item)
                     self._ends_out.add(item.source_id)  # now it may be retired (its counts are final)
                     continue
-                self._emit(self._finish(*item))
+                self._emit(self._finish(item))
         finally:
             self.ended_at = time.monotonic()
             self._done.set()
 
-    def _preprocess(self, batch: list[Frame]) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        x = self.runner.preprocess([f.image for f in batch])
-        return x, (time.perf_counter() - t0) * 1e3
-
-    def _forward(self, p: _Pending) -> tuple:
-        now = time.monotonic_ns()
-        waits = [(now - r) / 1e6 for r in p.ready]
-        t0 = time.perf_counter()
-        outputs = self.runner.forward(p.x)
-        self.runner.synchronize()
-        return p.frames, outputs, p.formed, p.prep_ms, waits, (time.perf_counter() - t0) * 1e3
-
-    def _finish(
-        self,
-        batch: list[Frame],
-        outputs: Any,
-        formed: list[int],
-        prep_ms: float,
-        waits: list[float],
-        infer_ms: float,
-    ) -> list[Result]:
+    def _finish(self, b: ForwardedBatch) -> list[Result]:
         t1 = time.perf_counter()
-        predictions = self.postprocess(outputs, [(f.height, f.width) for f in batch])
+        outputs = self.postprocess(b.outputs, [(f.height, f.width) for f in b.frames])
         post_ms = (time.perf_counter() - t1) * 1e3
         done_ns = time.monotonic_ns()
-        n = len(batch)
+        n = len(b.frames)
+        task, model, version = self.runner.meta.task, self.runner.meta_name, self.runner.model_version
         results = []
-        for frame, preds, formed_ns, wait_ms in zip(batch, predictions, formed, waits, strict=True):
+        for frame, out, formed_ns, wait_ms in zip(b.frames, outputs, b.formed, b.waits_ms, strict=True):
             timings = {
                 "decode": frame.decode_ms,
                 "queue": (formed_ns - frame.enqueued_ns) / 1e6,
-                "preprocess": prep_ms,
+                "preprocess": b.prep_ms,
                 "wait": wait_ms,
-                "infer": infer_ms,
+                "infer": b.infer_ms,
                 "post": post_ms,
             }
             results.append(
-                Result(
+                Result.of(
                     frame,
-                    self.runner.meta.task,
-                    **preds,
+                    task,
+                    out,
                     timings=timings,
                     batch_size=n,
                     done_ns=done_ns,
-                    model=self.runner.meta_name,
-                    model_version=self.runner.model_version,
+                    model=model,
+                    model_version=version,
                 )
             )
             self.stages["decode"].add(frame.decode_ms)
             self.stages["queue"].add(timings["queue"])
             self.stages["wait"].add(wait_ms)
             self.frames_out[frame.source_id] += 1
-        for name, ms in (("preprocess", prep_ms), ("infer", infer_ms), ("post", post_ms)):
+        for name, ms in (("preprocess", b.prep_ms), ("infer", b.infer_ms), ("post", post_ms)):
             self.stages[name].add(ms / n, n)  # per-frame share of the batch's time
         self.batch_sizes.add(n)
         return results
-
-    def _emit(self, item: list[Result] | EndOfStream) -> None:
-        for r in self._sink_runners:
-            r.submit(item, self._sinks_stuck)
-
-    def _sinks_stuck(self) -> bool:
-        """Stopping, and a sink still takes nothing well past the drain time (a PUSH socket with no
-        peer): give up on delivery so the stop is bounded."""
-        t = self._stop_requested_at
-        if t is not None and time.monotonic() - t > self.drain_timeout_s + _SINK_GRACE_S:
-            _logger.warning(
-                "sinks still held results %.1f s after the stop (drain_timeout_s %.1f + %.1f s); abandoning delivery",
-                time.monotonic() - t,
-                self.drain_timeout_s,
-                _SINK_GRACE_S,
-            )
-            self.abort.set()
-            return True
-        return False

@@ -76,11 +76,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # tests.rtsp (the RTSP server) and benchmarks.throughput (shared helpers)
     sys.path.insert(0, str(REPO))
 
+from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
+
 from autotimm_stream.app import build_pipeline  # noqa: E402
 from autotimm_stream.config import validate_config  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
 from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info, setup_logging, write_report  # noqa: E402
-from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
 
 _logger = logging.getLogger("benchmarks.live")
 

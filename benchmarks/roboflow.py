@@ -239,7 +239,7 @@ def default_inputs(out: Path, frames: int) -> tuple[Path, Path]:
     """throughput.py's clip (1280x720, 25 fps) and resnet18 bundle, shared through the same cache names."""
     import torch
 
-    from autotimm_stream.runtime.export import export_timm
+    from autotimm_stream.export.timm import export_timm
     from autotimm_stream.synthetic import write_clip
 
     out.mkdir(parents=True, exist_ok=True)

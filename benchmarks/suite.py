@@ -72,10 +72,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks.* and tests.rtsp
     sys.path.insert(0, str(REPO))
 
-from autotimm_stream.frame import Frame, Result  # noqa: E402
+from autotimm_stream.export.checkpoint import export_checkpoint  # noqa: E402
+from autotimm_stream.frame import Frame  # noqa: E402
+from autotimm_stream.messages import Result  # noqa: E402
 from autotimm_stream.postprocess import Postprocessor  # noqa: E402
 from autotimm_stream.protocol import encode_mask  # noqa: E402
-from autotimm_stream.runtime.checkpoint import export_checkpoint  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
 from autotimm_stream.synthetic import write_clip  # noqa: E402
 from benchmarks.suite_common import (  # noqa: E402

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from tests.rtsp import rtsp_missing
 
 from autotimm_stream.runtime.runner import ModelRunner
 from benchmarks import live
@@ -30,7 +31,6 @@ from benchmarks.suite_common import (
     attempt,
     ok,
 )
-from tests.rtsp import rtsp_missing
 
 _logger = logging.getLogger("benchmarks.suite")
 

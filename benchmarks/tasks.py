@@ -40,8 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from autotimm_stream.runtime.checkpoint import export_checkpoint  # noqa: E402
-from autotimm_stream.runtime.formats import read_meta  # noqa: E402
+from autotimm_stream.export.checkpoint import export_checkpoint  # noqa: E402
+from autotimm_stream.runtime.load import read_meta  # noqa: E402
 from autotimm_stream.synthetic import write_clip  # noqa: E402
 from benchmarks.throughput import engine_config, prepare_inputs, run_engine  # noqa: E402
 

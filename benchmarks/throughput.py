@@ -57,7 +57,7 @@ except ImportError:
 from autotimm_stream import __version__ as engine_version
 from autotimm_stream.app import build_pipeline
 from autotimm_stream.config import validate_config
-from autotimm_stream.runtime.export import export_timm
+from autotimm_stream.export.timm import export_timm
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.synthetic import write_clip
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from autotimm_stream.preprocess import PreprocessSpec, preprocess_batch
+from autotimm_stream.runtime.preprocess import PreprocessSpec, preprocess_batch
 from autotimm_stream.synthetic import ShapeScene, write_clip
 
 T = TypeVar("T")
@@ -207,7 +207,7 @@ def demo_clip_set(seed: int, truth: Callable[[ShapeScene], T], *, dominant: bool
 
 def check_bundle_spec(bundle: Path, spec: PreprocessSpec) -> None:
     """The bundle must ask the engine for exactly the preprocessing the network was trained on."""
-    from autotimm_stream.runtime.formats import read_meta
+    from autotimm_stream.runtime.load import read_meta
 
     bundle_spec = read_meta(bundle).preprocess_spec()
     if bundle_spec != spec:
@@ -216,7 +216,7 @@ def check_bundle_spec(bundle: Path, spec: PreprocessSpec) -> None:
 
 def export_bundle(ckpt: Path, spec: PreprocessSpec, classes: list[str]) -> Path:
     """Export the checkpoint with the engine's ``export_checkpoint`` (same name, ``.pt``); check its preprocessing."""
-    from autotimm_stream.runtime.checkpoint import export_checkpoint
+    from autotimm_stream.export.checkpoint import export_checkpoint
 
     bundle = ckpt.with_suffix(".pt")
     export_checkpoint(ckpt, bundle, classes=classes)  # image size: from the checkpoint's DataModule hparams

@@ -69,8 +69,8 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.preprocess import PreprocessSpec, plan  # noqa: E402
-from autotimm_stream.runtime.export import export_timm  # noqa: E402
+from autotimm_stream.export.timm import export_timm  # noqa: E402
+from autotimm_stream.runtime.preprocess import PreprocessSpec, plan  # noqa: E402
 from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
 from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 

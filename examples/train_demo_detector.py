@@ -108,7 +108,7 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
+from autotimm_stream.runtime.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
 from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 
 BACKBONE = "test_resnet"
@@ -408,8 +408,8 @@ def export_and_evaluate(
 ) -> dict[str, object]:
     """Export the checkpoint with the engine's ``export_checkpoint`` and evaluate the bundle through the engine."""
     try:  # an engine without checkpoint export: the checkpoint alone
-        from autotimm_stream.runtime.checkpoint import export_checkpoint  # noqa: F401
-        from autotimm_stream.runtime.formats import read_meta  # noqa: F401
+        from autotimm_stream.export.checkpoint import export_checkpoint  # noqa: F401
+        from autotimm_stream.runtime.load import read_meta  # noqa: F401
     except ImportError as exc:
         return {"bundle": f"skipped: {exc}"}
     try:

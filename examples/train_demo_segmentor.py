@@ -111,7 +111,7 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.preprocess import PreprocessSpec, preprocess_batch  # noqa: E402
+from autotimm_stream.runtime.preprocess import PreprocessSpec, preprocess_batch  # noqa: E402
 from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
 
 BACKBONE = "test_resnet"

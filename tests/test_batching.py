@@ -3,7 +3,8 @@ import time
 
 import numpy as np
 
-from autotimm_stream.batching import Batcher, BatchPolicy
+from autotimm_stream.batching import Batcher
+from autotimm_stream.config import BatchPolicy
 from autotimm_stream.frame import Frame
 from autotimm_stream.ringbuffer import RingBuffer
 

@@ -9,45 +9,20 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import zmq
 
 from autotimm_stream.app import build_pipeline
-from autotimm_stream.config import validate_config
-
-from .conftest import checked, decode_pts
-
-
-def config(source: Path, bundle: Path, out: Path, endpoint: str | None = None, **over):
-    data = {
-        "sources": [{"id": "cam", "uri": str(source), "buffer_size": over.pop("buffer_size", 4)}],
-        "model": {"path": str(bundle)},
-        "batching": {"max_batch": over.pop("max_batch", 8), "max_wait_ms": 5},
-        "sinks": {
-            "zmq": {
-                "enabled": endpoint is not None,
-                "endpoint": endpoint or "tcp://127.0.0.1:1",
-                "wait_subscribers": 1,
-            },
-            "video": {"enabled": over.pop("video", True)},
-        },
-        "output_dir": str(out),
-    }
-    for key, value in over.items():
-        data["sources"][0][key] = value
-    return validate_config(data)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def run(cfg) -> dict:
-    pipeline = build_pipeline(cfg)
-    summary = pipeline.run()
-    assert pipeline.error is None, pipeline.error
-    return summary
+from autotimm_stream.config import BatchPolicy
+from autotimm_stream.errors import ConfigError
+from autotimm_stream.pipeline import Pipeline
+from autotimm_stream.ringbuffer import RingBuffer
+from autotimm_stream.runtime.runner import ModelRunner
+from autotimm_stream.sinks.base import Sink
+from autotimm_stream.sources.base import Source, SourceInfo
+from tests.helpers import checked, config, decode_pts, read_jsonl, run, wait_for
 
 
 def test_every_frame_once_in_order_under_block(clip, bundle, tmp_path):
@@ -237,3 +212,56 @@ def test_corrupt_bytes_are_flagged_counted_and_survived(bundle, media, tmp_path)
     if src["drops"].get("decode_error", 0):  # a skipped packet: the next frame says so
         assert any("after_gap" in r["flags"] for r in rows)
     assert len(decode_pts(tmp_path / "out" / "annotated.mp4")[0]) == len(rows)
+
+
+# -- sources added and removed at run time --------------------------------------------------------
+class Frames(Source):
+    """``n`` small frames as fast as the buffer takes them (a file read offline)."""
+
+    def __init__(self, source_id: str, n: int):
+        super().__init__(source_id, RingBuffer(64, "block"))
+        self.n = n
+
+    def open(self) -> SourceInfo:
+        self.info = SourceInfo(64, 48, 25.0, None, self.n)
+        return self.info
+
+    def _run(self) -> None:
+        for i in range(self.n):
+            if not self._deliver(np.full((48, 64, 3), i % 256, np.uint8), i / 25, 0, 0.0, None, None):
+                return
+
+
+class Ends(Sink):
+    name = "ends"
+
+    def __init__(self) -> None:
+        self.eos: list = []
+
+    def write(self, results) -> None:
+        pass
+
+    def end_of_stream(self, eos) -> None:
+        self.eos.append((eos.source_id, eos.frames))
+
+
+def test_a_source_added_again_under_its_id_counts_from_zero(bundle):
+    ends = Ends()
+    p = Pipeline([], ModelRunner(bundle), [ends], BatchPolicy(max_batch=4), persistent=True)
+    p.start(warmup=False)
+    try:
+        for n in (10, 6):
+            src = Frames("cam", n)
+            p.add_source(src)
+            wait_for(lambda src=src: src.buffer.exhausted and not src.alive, 10, "the source to end")
+            with pytest.raises(ConfigError, match="'cam' has ended .* remove it first"):
+                p.add_source(Frames("cam", 1))  # its id is still taken, and the message says why
+            p.remove_source("cam")
+            wait_for(lambda: "cam" in p.retired, 10, "the source to be retired")
+    finally:
+        p.close()
+    assert ends.eos == [("cam", 10), ("cam", 6)]
+    stats = p.stats()
+    assert stats.sources["cam"].frames_out == stats.sources["cam"].frames_decoded == 6
+    assert stats.to_json()["replaced"]["cam"] == {"sessions": 1, "frames_decoded": 10, "frames_out": 10, "drops": {}}
+    assert stats.frames == 16

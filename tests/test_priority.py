@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from autotimm_stream.app import build_sources
-from autotimm_stream.batching import BatchPolicy
-from autotimm_stream.config import validate_config
-from autotimm_stream.frame import Result
+from autotimm_stream.config import BatchPolicy, validate_config
+from autotimm_stream.messages import Result
 from autotimm_stream.pipeline import Pipeline
 from autotimm_stream.priority import BACKGROUND_NICE, lower_this_thread, thread_nice
 from autotimm_stream.runtime.runner import ModelRunner
@@ -57,16 +56,10 @@ def run_probe(
 ) -> tuple[dict, NiceProbe]:
     cfg = validate_config({"sources": sources, "model": {"path": str(bundle)}})
     stop = threading.Event()
-    srcs = build_sources(cfg, stop)
+    srcs = build_sources(cfg)
     probe = NiceProbe(srcs)
-    pipeline = Pipeline(
-        srcs,
-        ModelRunner(bundle),
-        [probe],
-        BatchPolicy(max_batch=4, max_wait_ms=5),
-        stop=stop,
-        support_priority=priority,
-    )
+    policy = BatchPolicy(max_batch=4, max_wait_ms=5, support_priority=priority)
+    pipeline = Pipeline(srcs, ModelRunner(bundle), [probe], policy, stop=stop)
     pipeline.start(warmup=False)
     try:
         while not pipeline.wait(0.1):
@@ -128,7 +121,7 @@ def test_lowering_is_idempotent_and_never_raises_priority():
 
 
 def test_an_unknown_priority_is_refused(bundle):
-    with pytest.raises(ValueError, match="support_priority must be one of"):
-        Pipeline([], ModelRunner(bundle), [], persistent=True, support_priority="high")
+    with pytest.raises(ValueError, match=r"support_priority\n.*'auto', 'low' or 'normal'"):
+        BatchPolicy(support_priority="high")
     with pytest.raises(Exception, match="support_priority"):
         validate_config({"sources": [{"id": "a", "uri": "x.mp4"}], "batching": {"support_priority": "high"}})

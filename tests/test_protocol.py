@@ -17,15 +17,13 @@ import zmq
 
 from autotimm_stream.app import build_pipeline
 from autotimm_stream.client import EosMessage, HeartbeatMessage, ResultMessage, StatusMessage, Subscriber, parse_message
-from autotimm_stream.config import validate_config
+from autotimm_stream.config import ZmqConfig, validate_config
 from autotimm_stream.errors import ConfigError, SinkError
+from autotimm_stream.messages import SourceState, StatusEvent
 from autotimm_stream.protocol import ProtocolError, decode_mask, encode_mask, schema, validate
 from autotimm_stream.sinks import ZmqSink
-from autotimm_stream.sinks.base import SinkRunner
-from autotimm_stream.sources.base import SourceState, StatusEvent
-
-from .conftest import checked, free_port, wait_for
-from .test_pipeline import read_jsonl, run
+from autotimm_stream.sinks.base import SinkContext, SinkRunner
+from tests.helpers import checked, free_port, read_jsonl, run, wait_for
 
 
 def engine_config(source: Path, bundle: Path, out: Path, endpoint: str, zmq_over: dict | None = None, **source_over):
@@ -192,7 +190,7 @@ def test_client_decodes_a_mask_that_came_with_its_header():
 def test_wait_subscribers_counts_clients_that_share_a_prefix(endpoint, caplog):
     """Two clients with the default prefix "" are two subscriptions: open() returns once both are in,
     not after its timeout (libzmq passes on a repeated prefix only with XPUB_VERBOSE)."""
-    sink = ZmqSink(endpoint, wait_subscribers=2, wait_timeout_s=10.0)
+    sink = ZmqSink(ZmqConfig(endpoint=endpoint, wait_subscribers=2, wait_timeout_s=10.0))
     opener = threading.Thread(target=sink.open, name="opener")
     started = time.monotonic()
     opener.start()
@@ -214,7 +212,7 @@ def test_wait_subscribers_counts_clients_that_share_a_prefix(endpoint, caplog):
 
 
 def test_subscriptions_of_clients_that_come_and_go_are_not_left_queued(endpoint):
-    sink = ZmqSink(endpoint)
+    sink = ZmqSink(ZmqConfig(endpoint=endpoint))
     sink.open()
     subs = [Subscriber(endpoint, topics=(f"status/cam{k}",)) for k in range(20)]  # a new prefix each
     try:
@@ -333,9 +331,9 @@ def test_push_mode_waits_for_a_late_puller_and_loses_nothing(clip, bundle, tmp_p
     try:
         # no peer yet: the engine holds its results back instead of losing them
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and pipeline.frames_total < 8:
+        while time.monotonic() < deadline and pipeline.stats(detail=False).frames < 8:
             time.sleep(0.05)
-        assert pipeline.frames_total >= 8
+        assert pipeline.stats(detail=False).frames >= 8
         with Subscriber(endpoint, mode="pull", check=True) as pull:
             got = Collector(pull)
             messages = got.join()
@@ -355,7 +353,7 @@ def test_push_mode_without_a_peer_still_stops(clip, bundle, tmp_path, endpoint):
     runner = threading.Thread(target=pipeline.run, name="engine")
     runner.start()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and pipeline.frames_total < 4:
+    while time.monotonic() < deadline and pipeline.stats(detail=False).frames < 4:
         time.sleep(0.05)
     pipeline.stop()
     runner.join(cfg.drain_timeout_s + 10)
@@ -367,7 +365,8 @@ def test_a_state_change_stuck_on_a_peerless_push_socket_does_not_hold_the_stop(e
     """The sink thread blocks sending a status event (PUSH waits for a peer) while its queue fills;
     ``finish`` must still end once the pipeline's give-up check fires (it sets ``halt``)."""
     halt = threading.Event()
-    sink = ZmqSink(endpoint, mode="push", hwm=1)
+    sink = ZmqSink(ZmqConfig(endpoint=endpoint, mode="push", hwm=1))
+    sink.bind(SinkContext(abort=halt))  # as the pipeline does: its abort event frees a blocked send
     runner = SinkRunner(sink, halt, capacity=2)
     sink.open()
     runner.start()
@@ -377,7 +376,7 @@ def test_a_state_change_stuck_on_a_peerless_push_socket_does_not_hold_the_stop(e
     assert runner.submit([]) and runner.submit([])  # the queue is full, the sink takes nothing
     asked = []
 
-    def give_up() -> bool:  # what Pipeline._sinks_stuck does once drain + grace have passed
+    def give_up() -> bool:  # what Shutdown.delivery_stuck does once drain + grace have passed
         asked.append(time.monotonic())
         if len(asked) >= 3:
             halt.set()
@@ -395,8 +394,8 @@ def test_a_state_change_stuck_on_a_peerless_push_socket_does_not_hold_the_stop(e
 def test_push_mode_refuses_wait_subscribers(clip, bundle, tmp_path, endpoint):
     with pytest.raises(ConfigError, match="sinks.zmq.*wait_subscribers applies to mode 'pub'"):
         engine_config(clip, bundle, tmp_path, endpoint, {"mode": "push", "wait_subscribers": 1})
-    with pytest.raises(SinkError, match="wait_subscribers applies to mode 'pub'"):
-        ZmqSink(endpoint, mode="push", wait_subscribers=1)
+    with pytest.raises(ValueError, match="wait_subscribers applies to mode 'pub'"):
+        ZmqConfig(endpoint=endpoint, mode="push", wait_subscribers=1)
 
 
 @pytest.fixture

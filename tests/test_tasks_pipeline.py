@@ -18,9 +18,7 @@ import zmq
 from autotimm_stream.postprocess import Postprocessor
 from autotimm_stream.runtime.runner import ModelRunner
 from autotimm_stream.sources.convert import to_rgb
-
-from .conftest import checked, decode_pts
-from .test_pipeline import config, read_jsonl, run
+from tests.helpers import checked, config, decode_pts, read_jsonl, run
 
 
 def decoded_frames(path: Path) -> list[np.ndarray]:
@@ -76,10 +74,10 @@ def test_detections_are_published_in_frame_pixels(clip, det_bundle, tmp_path, en
         assert msg["detections"] == row["detections"]
         assert "classes" not in msg
         got = msg["detections"]
-        assert [d["label"] for d in got] == [d.label for d in exp["detections"]]
+        assert [d["label"] for d in got] == [d.label for d in exp.detections]
         assert np.allclose(
             [d["box"] for d in got] or np.zeros((0, 4)),
-            [d.box for d in exp["detections"]] or np.zeros((0, 4)),
+            [d.box for d in exp.detections] or np.zeros((0, 4)),
             atol=0.01,
         )
         for d in got:
@@ -111,7 +109,7 @@ def test_masks_travel_as_binary_frames_at_source_resolution(clip, seg_bundle, tm
         spec = header["mask"]
         assert spec == {"encoding": "raw", "dtype": "uint8", "shape": [240, 320], "frame": 2}
         mask = np.frombuffer(parts[2], dtype=np.uint8).reshape(spec["shape"])
-        assert np.array_equal(mask, exp["mask"])
+        assert np.array_equal(mask, exp.mask)
         counts = np.bincount(mask.ravel(), minlength=4) / mask.size
         fractions = {c["class_id"]: c["fraction"] for c in header["class_fractions"]}
         assert fractions == {i: pytest.approx(f, abs=1e-6) for i, f in enumerate(counts) if f > 0}

@@ -208,7 +208,7 @@ def test_bundle_metadata_error_names_the_file():
     ],
 )
 def test_export_timm_refuses_bad_sizes(tmp_path, kwargs, message):
-    from autotimm_stream.runtime.export import export_timm
+    from autotimm_stream.export.timm import export_timm
 
     with pytest.raises(ConfigError, match=message):
         export_timm("test_resnet", tmp_path / "m.pt", ["a", "b"], **kwargs)
@@ -218,7 +218,7 @@ def test_export_timm_refuses_bad_sizes(tmp_path, kwargs, message):
 @pytest.mark.parametrize("image_size", [0, -1, True, 2.5])
 def test_export_checkpoint_refuses_bad_sizes(tmp_path, image_size):
     """Only None means the checkpoint's own size; 0 is refused, not read as 'default'."""
-    from autotimm_stream.runtime.checkpoint import export_checkpoint
+    from autotimm_stream.export.checkpoint import export_checkpoint
 
     with pytest.raises(ConfigError) as info:
         export_checkpoint(tmp_path / "any.ckpt", tmp_path / "m.pt", image_size=image_size)

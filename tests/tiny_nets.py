@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autotimm_stream.export.timm import export_module
 from autotimm_stream.runtime.bundle import BundleMeta
-from autotimm_stream.runtime.export import export_module
 
 CLASSES = ["circle", "square", "triangle"]
 

@@ -1,19 +1,18 @@
 """Task post-processing: raw network outputs -> per-frame task outputs.
 
 One :class:`Postprocessor` per run, chosen by the bundle's task and head. It returns, per frame,
-the :class:`~autotimm_stream.frame.Result` fields its task sets (``classes``, ``detections``, or
+the :class:`~autotimm_stream.messages.TaskOutputs` its task sets (``classes``, ``detections``, or
 ``mask`` + ``class_fractions``); boxes and masks are in source-frame pixels.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ..frame import Detection
-from ..preprocess import Geometry, plan
+from ..messages import ClassFraction, Detection, Prediction, TaskOutputs
 from ..runtime.bundle import BundleMeta
+from ..runtime.preprocess import Geometry, plan
+from ..tasks import Task
 from .classification import multilabel, to_predictions, topk
 from .detection import decode_dense, to_frame_pixels
 from .segmentation import class_fractions, logits_to_mask
@@ -45,7 +44,7 @@ class Postprocessor:
         self.top_k = top_k or meta.top_k
         self.spec = meta.preprocess_spec()
         self.decode = dict(meta.decode)
-        if self.task == "detection":
+        if self.task is Task.DETECTION:
             if threshold is not None:
                 if isinstance(threshold, list):
                     raise ValueError("detection takes one score threshold, not one per class")
@@ -61,24 +60,24 @@ class Postprocessor:
             geo = self._geometry[frame_hw] = plan(frame_hw[0], frame_hw[1], self.spec)
         return geo
 
-    def __call__(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def __call__(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[TaskOutputs]:
         """``outputs``: the network's raw outputs for a batch; ``frames_hw``: each frame's (H, W)."""
-        if self.task == "detection":
+        if self.task is Task.DETECTION:
             return self._detection(outputs, frames_hw)
-        if self.task == "segmentation":
+        if self.task is Task.SEGMENTATION:
             return self._segmentation(outputs[0], frames_hw)
-        return [{"classes": preds} for preds in self._classes(outputs[0])]
+        return [TaskOutputs(classes=preds) for preds in self._classes(outputs[0])]
 
-    def _classes(self, logits: torch.Tensor) -> list[list[Any]]:
+    def _classes(self, logits: torch.Tensor) -> list[list[Prediction]]:
         names = self.meta.class_names
-        if self.task == "multilabel":
+        if self.task is Task.MULTILABEL:
             scores, mask = multilabel(logits, self.threshold.to(logits.device))
             order = scores.argsort(dim=1, descending=True)
             return to_predictions(scores.gather(1, order), order, names, mask.gather(1, order))
         scores, ids = topk(logits, self.top_k)
         return to_predictions(scores, ids, names)
 
-    def _detection(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def _detection(self, outputs: tuple[torch.Tensor, ...], frames_hw: list[tuple[int, int]]) -> list[TaskOutputs]:
         d = self.decode
         levels = len(d["strides"])
         cls, reg = outputs[:levels], outputs[levels : 2 * levels]
@@ -98,23 +97,19 @@ class Postprocessor:
         for (boxes, scores, labels), hw in zip(decoded, frames_hw):
             boxes = to_frame_pixels(boxes, self.geometry(hw), hw).cpu().tolist()
             dets = [
-                Detection(tuple(b), int(c), names[int(c)], float(s))  # type: ignore[arg-type]
+                Detection((b[0], b[1], b[2], b[3]), int(c), names[int(c)], float(s))
                 for b, s, c in zip(boxes, scores.cpu().tolist(), labels.cpu().tolist())
                 if b[2] > b[0] and b[3] > b[1]  # a box wholly in the letterbox padding is not on the frame
             ]
-            out.append({"detections": dets})
+            out.append(TaskOutputs(detections=dets))
         return out
 
-    def _segmentation(self, logits: torch.Tensor, frames_hw: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def _segmentation(self, logits: torch.Tensor, frames_hw: list[tuple[int, int]]) -> list[TaskOutputs]:
         names = self.meta.class_names
         out = []
         for i, hw in enumerate(frames_hw):
             mask = logits_to_mask(logits[i], self.geometry(hw), self.spec.size, hw).cpu().numpy()
             fractions = class_fractions(mask, len(names))
-            out.append(
-                {
-                    "mask": mask,
-                    "class_fractions": [(c, names[c], f) for c, f in enumerate(fractions) if f > 0],
-                }
-            )
+            present = [ClassFraction(c, names[c], f) for c, f in enumerate(fractions) if f > 0]
+            out.append(TaskOutputs(mask=mask, class_fractions=present))
         return out

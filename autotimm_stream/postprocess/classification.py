@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..frame import Prediction
+from ..messages import Prediction
 
 __all__ = ["topk", "multilabel", "to_predictions"]
 

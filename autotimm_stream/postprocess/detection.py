@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import batched_nms
 
-from ..preprocess import Geometry
+from ..runtime.preprocess import Geometry
 
 __all__ = ["decode_dense", "to_frame_pixels", "grid_points"]
 

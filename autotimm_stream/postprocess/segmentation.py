@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..preprocess import Geometry
+from ..runtime.preprocess import Geometry
 
 __all__ = ["logits_to_mask", "class_fractions"]
 

@@ -17,21 +17,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ModelError
-from ..preprocess import PreprocessSpec
+from ..tasks import TASKS, Task
+from .preprocess import PreprocessSpec
 
-__all__ = ["BundleMeta", "TASKS", "HEADS", "META_FILE", "DETECTION_DECODE_DEFAULTS"]
+__all__ = ["BundleMeta", "META_FILE", "DETECTION_DECODE_DEFAULTS"]
 
 META_FILE = "autotimm_stream.json"
 BUNDLE_FORMAT = "autotimm-stream-bundle"
 BUNDLE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 (classification only) lacks fields that have defaults here
-TASKS = ("classification", "multilabel", "detection", "segmentation")
-HEADS = {
-    "classification": ("linear",),
-    "multilabel": ("linear",),
-    "detection": ("fcos", "yolox"),
-    "segmentation": ("deeplabv3plus", "fcn"),
-}
 # Decode parameters a detection bundle must carry, with AutoTimm's ObjectDetector defaults.
 DETECTION_DECODE_DEFAULTS: dict[str, Any] = {
     "score_thresh": 0.05,
@@ -45,7 +39,7 @@ DETECTION_DECODE_DEFAULTS: dict[str, Any] = {
 class BundleMeta:
     """Everything the engine needs to run a network it did not train."""
 
-    task: str  # one of TASKS
+    task: Task  # a Task or its value
     class_names: list[str]
     input_size: tuple[int, int]  # (height, width)
     resize: str = "center_crop"
@@ -66,8 +60,10 @@ class BundleMeta:
     origin: dict[str, Any] = field(default_factory=dict)  # what the bundle was built from
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ModelError(f"bundle task must be one of {TASKS}, got {self.task!r}")
+        try:
+            self.task = Task(self.task)
+        except ValueError:
+            raise ModelError(f"bundle task must be one of {TASKS}, got {self.task!r}") from None
         if not self.class_names:
             raise ModelError("bundle metadata has no class names; expected one name per model output")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
@@ -78,15 +74,17 @@ class BundleMeta:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
-        self.head = self.head or HEADS[self.task][0]
-        if self.head not in HEADS[self.task]:
-            raise ModelError(f"bundle head must be one of {HEADS[self.task]} for task {self.task!r}, got {self.head!r}")
-        if self.task == "segmentation" and self.resize in ("center_crop", "squash_crop"):
+        self.head = self.head or self.task.heads[0]
+        if self.head not in self.task.heads:
+            raise ModelError(
+                f"bundle head must be one of {self.task.heads} for task {self.task.value!r}, got {self.head!r}"
+            )
+        if self.task is Task.SEGMENTATION and self.resize in ("center_crop", "squash_crop"):
             raise ModelError(
                 f"a segmentation bundle cannot use the {self.resize} resize (parts of the frame would get no "
                 "mask); use squash (AutoTimm's) or letterbox"
             )
-        if self.task == "detection":
+        if self.task is Task.DETECTION:
             unknown = sorted(set(self.decode) - set(DETECTION_DECODE_DEFAULTS))
             if unknown:
                 raise ModelError(

@@ -22,10 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..config import DEVICE_HINT, parse_device
 from ..errors import ConfigError, ModelError, first_line
-from ..preprocess import preprocess_batch
+from ..tasks import Task
 from .bundle import BundleMeta
-from .formats import Network
+from .load import Network
+from .preprocess import preprocess_batch
 
 __all__ = ["ModelRunner", "resolve_device"]
 
@@ -34,16 +36,13 @@ _logger = logging.getLogger(__name__)
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without it is a configuration error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}") from None
-    # torch keeps the index in 8 bits: cuda:128 would quietly become cuda:-128, cuda:256 cuda:0
-    index = name.partition(":")[2]
-    if device.type not in ("cpu", "cuda") or (index.isdigit() and int(index) > 127):
-        raise ConfigError(f"model.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {name!r}")
+        kind, _ = parse_device(name)
+    except ValueError:
+        raise ConfigError(f"model.device: {DEVICE_HINT}, got {name!r}") from None
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
     return device
@@ -177,13 +176,13 @@ def check_outputs(meta: BundleMeta, out: tuple[torch.Tensor, ...], batch: int) -
     """What is wrong with ``out`` as the raw output of ``meta``'s network on ``batch`` frames, or None."""
     c = meta.num_classes
     shapes = [tuple(o.shape) for o in out]
-    if meta.task in ("classification", "multilabel"):
+    if meta.task.classifies:
         if len(out) != 1 or shapes[0] != (batch, c):
             return f"the network outputs {shapes} but the metadata expects one [{batch}, {c}] tensor ({c} classes)"
-    elif meta.task == "segmentation":
+    elif meta.task is Task.SEGMENTATION:
         if len(out) != 1 or out[0].ndim != 4 or shapes[0][:2] != (batch, c):
             return f"the network outputs {shapes} but the metadata expects one [{batch}, {c}, h, w] tensor of logits"
-    elif meta.task == "detection":
+    elif meta.task is Task.DETECTION:
         levels = len(meta.decode["strides"])
         per_level = 3 if meta.head == "fcos" else 2
         if len(out) != per_level * levels:

@@ -1,4 +1,5 @@
-"""What every sink shares, and the thread that feeds one sink from a bounded queue."""
+"""What every sink shares, the thread that feeds one sink from a bounded queue, and the group of
+them a pipeline delivers to."""
 
 from __future__ import annotations
 
@@ -6,29 +7,31 @@ import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..frame import Result
+from ..lifecycle import Shutdown
+from ..messages import EndOfStream, Result, StatusEvent
 from ..priority import lower_this_thread
-from ..sources.base import StatusEvent
+from ..stats import SourceStats, StageStats
 
-__all__ = ["Sink", "SinkRunner", "EndOfStream"]
+__all__ = ["Sink", "SinkContext", "SinkRunner", "SinkGroup"]
 
 _logger = logging.getLogger(__name__)
 _POLL_S = 0.1
 _MAX_EVENTS = 1024
 
 
-@dataclass(slots=True)
-class EndOfStream:
-    """A source has delivered its last result."""
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """What a sink may ask of the run it is bound to (see :meth:`Sink.bind`)."""
 
-    source_id: str
-    frames: int  # results delivered for this source
-    reason: str = "end"  # "end" (source finished), "stopped" (stop requested) or "error"
-    drops: dict[str, int] = field(default_factory=dict)
+    # set when the pipeline gives up on delivery: a sink that waits (a blocked PUSH socket) must stop
+    abort: threading.Event = field(default_factory=threading.Event)
+    # the current sources' statistics (for heartbeats); cheap, takes no lock of the hot path
+    sources: Callable[[], list[SourceStats]] = list
 
 
 class Sink:
@@ -38,9 +41,11 @@ class Sink:
     """
 
     name = "sink"
-    # set by the SinkRunner that feeds this sink: when it is set the pipeline gives up on
-    # delivery, so a sink that waits (a blocked PUSH socket) must stop waiting
-    abort: threading.Event | None = None
+    context: SinkContext = SinkContext()  # replaced by bind(); unbound sinks never abort
+
+    def bind(self, context: SinkContext) -> None:
+        """Called once by the pipeline that owns this sink, before :meth:`open`."""
+        self.context = context
 
     def open(self) -> None:
         """Acquire resources (files, sockets). Raise :class:`~autotimm_stream.errors.SinkError`."""
@@ -61,7 +66,16 @@ class Sink:
         """Flush and release; safe to call twice."""
 
     def stats(self) -> dict[str, Any]:
+        """The sink's own statistics, as they appear under ``sinks.<name>`` in the run summary."""
         return {}
+
+    def stages(self) -> dict[str, StageStats]:
+        """Per-frame stages this sink measures (the ZeroMQ sink's ``publish``), by stage name."""
+        return {}
+
+    def summary_lines(self) -> list[str]:
+        """What the sink produced, a line each, for the summary printed at the end of a run."""
+        return []
 
     def __enter__(self) -> Sink:
         self.open()
@@ -85,14 +99,15 @@ class SinkRunner:
         self.halt = halt
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._main, name=f"sink-{sink.name}")
-        sink.abort = halt
-        self.low_priority = False  # set by the pipeline before start (see autotimm_stream.priority)
+        self._low_priority = False
         self.error: BaseException | None = None
         # state changes jump the queue (a reconnect must not wait behind a backlog of results);
         # bounded: a flapping source cannot grow memory, the oldest events are forgotten first
         self._events: collections.deque[StatusEvent] = collections.deque(maxlen=_MAX_EVENTS)
 
-    def start(self) -> None:
+    def start(self, low_priority: bool = False) -> None:
+        """Start the sink's thread (at the lowest CPU priority when asked, see autotimm_stream.priority)."""
+        self._low_priority = low_priority
         self._thread.start()
 
     def submit(self, item: list[Result] | EndOfStream, give_up: Callable[[], bool] | None = None) -> bool:
@@ -143,7 +158,7 @@ class SinkRunner:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
-        if self.low_priority:
+        if self._low_priority:
             lower_this_thread()
         try:
             while True:
@@ -174,3 +189,45 @@ class SinkRunner:
             except Exception as exc:  # closing must not hide the first error
                 _logger.error("sink %s failed to close: %s", self.sink.name, exc)
                 self.error = self.error or exc
+
+
+class SinkGroup:
+    """Every sink of a pipeline, each fed by its own :class:`SinkRunner`.
+
+    Results and ends of streams go to all sinks in order; state changes jump their queues. Delivery
+    gives up when the run aborts or, once stopping, when :meth:`Shutdown.delivery_stuck` says a sink
+    has held the stop too long.
+    """
+
+    def __init__(self, sinks: list[Sink], shutdown: Shutdown, capacity: int = 4):
+        self.sinks = list(sinks)
+        self._shutdown = shutdown
+        self._runners = [SinkRunner(s, shutdown.abort, capacity=capacity) for s in sinks]
+
+    def start(self, low_priority: bool = False) -> None:
+        for r in self._runners:
+            r.start(low_priority)
+
+    def submit(self, item: list[Result] | EndOfStream) -> None:
+        for r in self._runners:
+            r.submit(item, self._shutdown.delivery_stuck)
+
+    def notify(self, event: StatusEvent) -> None:
+        for r in self._runners:
+            r.notify(event)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first sink error so far (a sink that failed stops taking results at once)."""
+        return next((r.error for r in self._runners if r.error is not None), None)
+
+    def close(self, deadline: float) -> BaseException | None:
+        """Drain every queue, close every sink and join their threads by ``deadline`` (monotonic),
+        aborting delivery for a sink that is still busy then; returns the first sink error."""
+        for r in self._runners:
+            r.finish(self._shutdown.delivery_stuck)
+        for r in self._runners:
+            if not r.join(max(0.5, deadline - time.monotonic())):
+                self._shutdown.abort.set()
+                r.join(1.0)
+        return self.failure

@@ -14,7 +14,7 @@ import time
 from typing import IO, Any
 
 from ..errors import SinkError
-from ..frame import Result
+from ..messages import Result
 from .base import Sink
 
 __all__ = ["JsonlSink"]
@@ -99,3 +99,6 @@ class JsonlSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         return {"lines": self.lines, "path": self.path}
+
+    def summary_lines(self) -> list[str]:
+        return [f"jsonl: {self.path}"]

@@ -36,31 +36,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..annotate import draw_result
+from ..config import SnapshotConfig
 from ..errors import ConfigError, SinkError
 from ..fileio import unused_path, write_bytes_atomic
-from ..frame import Result
-from .base import EndOfStream, Sink
+from ..messages import EndOfStream, Result
+from ..tasks import Task
+from .annotate import draw_result
+from .base import Sink
 
-__all__ = [
-    "SnapshotSink",
-    "check_classes",
-    "present_classes",
-    "safe_name",
-    "DEFAULT_MIN_SCORE",
-    "DEFAULT_MIN_FRACTION",
-    "DEFAULT_COOLDOWN_S",
-    "DEFAULT_MAX_FILES",
-    "DEFAULT_QUALITY",
-]
+__all__ = ["SnapshotSink", "check_classes", "present_classes", "safe_name"]
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_SCORE = 0.5
-DEFAULT_MIN_FRACTION = 0.01
-DEFAULT_COOLDOWN_S = 5.0
-DEFAULT_MAX_FILES = 1000
-DEFAULT_QUALITY = 90
 _FIELD = "sinks.snapshot"
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w keeps letters of any script: a class named 猫 stays readable
 _MAX_NAME = 64
@@ -97,14 +84,14 @@ def check_classes(classes: Sequence[str], model_classes: Sequence[str], field: s
 def present_classes(result: Result, wanted: set[str], min_score: float, min_fraction: float) -> list[str]:
     """The classes of ``wanted`` present in ``result`` (see the module docstring), in result order."""
     found: dict[str, None] = {}  # ordered set
-    if result.task == "detection":
+    if result.task is Task.DETECTION:
         for d in result.detections:
             if d.label in wanted and d.score >= min_score:
                 found[d.label] = None
-    elif result.task == "segmentation":
-        for _, name, fraction in result.class_fractions:
-            if name in wanted and fraction >= min_fraction:
-                found[name] = None
+    elif result.task is Task.SEGMENTATION:
+        for c in result.class_fractions:
+            if c.label in wanted and c.fraction >= min_fraction:
+                found[c.label] = None
     else:
         for p in result.classes:
             if p.label in wanted and p.score >= min_score:
@@ -117,48 +104,26 @@ class SnapshotSink(Sink):
 
     Args:
         folder: where the JPEGs go (created by :meth:`open`).
-        classes: the labels that trigger a snapshot; empty: none (the sink writes nothing).
-        min_score: detection, classification and multi-label score a class needs to count as present.
-        min_fraction: share of the frame's pixels a class needs to count as present (segmentation).
-        cooldown_s: per source and class, the least time between two snapshots (source PTS seconds).
-        annotated: draw the result (boxes, labels, masks) on the snapshot, as in the annotated video.
-        max_files: files written at most; later snapshots are skipped and counted.
-        quality: JPEG quality, 1-100.
+        settings: the config's ``sinks.snapshot``: ``classes`` (the labels that trigger a snapshot;
+            none: the sink writes nothing), ``min_score`` (detection, classification and
+            multi-label score a class needs to count as present), ``min_fraction`` (share of the
+            frame's pixels, segmentation), ``cooldown_s`` (per source and class, the least source
+            time between two snapshots), ``annotated`` (draw the result as in the annotated video),
+            ``max_files`` (later snapshots are skipped and counted), ``quality`` (JPEG, 1-100).
+            Its ``folder`` is not read here.
     """
 
     name = "snapshot"
 
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        classes: Sequence[str],
-        *,
-        min_score: float = DEFAULT_MIN_SCORE,
-        min_fraction: float = DEFAULT_MIN_FRACTION,
-        cooldown_s: float = DEFAULT_COOLDOWN_S,
-        annotated: bool = True,
-        max_files: int = DEFAULT_MAX_FILES,
-        quality: int = DEFAULT_QUALITY,
-    ):
-        if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
-            raise ConfigError(f"{_FIELD}.classes: expected a list of class names, got {classes!r}")
-        for key, value, lo, hi in (
-            ("min_score", min_score, 0.0, 1.0),
-            ("min_fraction", min_fraction, 0.0, 1.0),
-            ("cooldown_s", cooldown_s, 0.0, float("inf")),
-            ("max_files", max_files, 1, float("inf")),
-            ("quality", quality, 1, 100),
-        ):
-            if not lo <= value <= hi:
-                raise ConfigError(f"{_FIELD}.{key}: expected a value in [{lo}, {hi}], got {value!r}")
+    def __init__(self, folder: str | os.PathLike[str], settings: SnapshotConfig):
         self.folder = os.fspath(folder)
-        self.classes = list(dict.fromkeys(classes))
-        self.min_score = min_score
-        self.min_fraction = min_fraction
-        self.cooldown_s = cooldown_s
-        self.annotated = annotated
-        self.max_files = max_files
-        self.quality = quality
+        self.classes = list(dict.fromkeys(settings.classes))
+        self.min_score = settings.min_score
+        self.min_fraction = settings.min_fraction
+        self.cooldown_s = settings.cooldown_s
+        self.annotated = settings.annotated
+        self.max_files = settings.max_files
+        self.quality = settings.quality
         self._wanted = set(self.classes)
         # each class's part of the file name, unique even where two names sanitise alike ("a b", "a/b")
         self._file_names: dict[str, str] = {}
@@ -274,3 +239,6 @@ class SnapshotSink(Sink):
             "failed": self.failed,
             "classes": {c: self.per_class[c] for c in self.classes},
         }
+
+    def summary_lines(self) -> list[str]:
+        return [f"snapshots: {self.written} in {self.folder} ({self.skipped} skipped)"]

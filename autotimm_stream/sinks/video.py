@@ -19,11 +19,12 @@ from typing import Any
 import av
 import cv2
 
-from ..annotate import draw_result
+from ..config import VideoConfig
 from ..errors import SinkError
 from ..fileio import unused_path
-from ..frame import Result
-from .base import EndOfStream, Sink
+from ..messages import EndOfStream, Result
+from .annotate import draw_result
+from .base import Sink
 
 __all__ = ["VideoSink", "video_path"]
 
@@ -109,6 +110,12 @@ class VideoSink(Sink):
 
     ``paths`` and ``frames`` hold every file written, keyed by source id, or ``<id>#N`` for the
     N-th time a source was added (whose file gets a ``_N`` suffix, so none is overwritten).
+
+    Args:
+        path_template: the file, or with ``{source}`` one per source (also in a folder name).
+        settings: the config's ``sinks.video`` (``crf``, ``preset``; its filename is not read here).
+        several_sources: name the file of each source after it even without ``{source}``.
+        fps: frame rate per source id, when known (the stream's declared rate).
     """
 
     name = "video"
@@ -116,15 +123,16 @@ class VideoSink(Sink):
     def __init__(
         self,
         path_template: str,
+        settings: VideoConfig | None = None,
+        *,
         several_sources: bool = False,
         fps: dict[str, float | None] | None = None,
-        crf: int = 23,
-        preset: str = "veryfast",
     ):
+        settings = settings or VideoConfig()
         self.path_template = path_template
         self.several = several_sources
         self.fps = fps or {}
-        self.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency"}
+        self.options = {"crf": str(settings.crf), "preset": settings.preset, "tune": "zerolatency"}
         self._writers: dict[str, _Writer] = {}
         self.paths: dict[str, str] = {}  # key (see the class docstring) -> file
         self.frames: dict[str, int] = {}  # key -> frames written, once the file is closed
@@ -193,3 +201,6 @@ class VideoSink(Sink):
 
     def stats(self) -> dict[str, Any]:
         return {"paths": dict(self.paths), "frames": dict(self.frames)}
+
+    def summary_lines(self) -> list[str]:
+        return [f"video: {p}" for p in self.paths.values()]

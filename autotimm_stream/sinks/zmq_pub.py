@@ -20,140 +20,65 @@ frames), and gives up only when the pipeline aborts. Optional CURVE encryption a
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from ..config import ZmqConfig
 from ..errors import SinkError
-from ..frame import Result, ms_since
+from ..frame import ms_since
+from ..messages import EndOfStream, Result, StatusEvent
+from ..net import DEFAULT_ENDPOINT, bind_socket, is_local, load_curve_key
 from ..protocol import SCHEMA_VERSION, encode_mask
-from ..sources.base import StatusEvent
 from ..stats import StageStats
-from .base import EndOfStream, Sink
+from .base import Sink
 
-__all__ = ["ZmqSink", "SCHEMA_VERSION", "DEFAULT_ENDPOINT", "bind_socket", "is_local", "is_loopback", "load_curve_key"]
+__all__ = ["ZmqSink"]
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _CLOSE_LINGER_MS = 1000
 _POLL_MS = 100
-
-
-def is_local(endpoint: str) -> bool:
-    """True when only this machine can reach ``endpoint`` (ipc, inproc, loopback TCP: 127.x, ::1, localhost)."""
-    transport, _, rest = endpoint.partition("://")
-    if transport != "tcp":
-        return True
-    return is_loopback(rest.rsplit(":", 1)[0])
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` (a name or address, IPv6 possibly in brackets) is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a wildcard (*), 0.0.0.0's name or an interface name: reachable from outside
-        return False
-
-
-def bind_socket(
-    ctx: zmq.Context, kind: int, endpoint: str, field: str, example: str, options: dict[int, Any]
-) -> zmq.Socket:
-    """A socket of ``kind`` bound to ``endpoint`` (linger 0), or SinkError naming config ``field``."""
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    for option, value in options.items():
-        sock.setsockopt(option, value)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(0)
-        raise SinkError(
-            f"{field}: cannot bind {endpoint!r} ({exc}); expected a free address such as "
-            f"{example} (another engine running? pick another port)"
-        ) from None
-    return sock
-
-
-def load_curve_key(path: str, field: str, secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) Z85 keys from a ZeroMQ certificate file, or SinkError naming config ``field``."""
-    import zmq.auth
-
-    want = "a secret key file (*.key_secret)" if secret else "a public key file (*.key)"
-    hint = "make a pair with `autotimm-stream keygen DIR`"
-    try:
-        public, secret_key = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise SinkError(f"{field}: cannot read {path!r} as {want} ({exc}); {hint}") from None
-    if secret and secret_key is None:
-        raise SinkError(f"{field}: {path!r} holds only a public key; expected {want}; {hint}")
-    return public, secret_key
 
 
 class ZmqSink(Sink):
     """Results, source status, heartbeats and ends of streams on one ZeroMQ socket.
 
-    Args:
-        endpoint: where to bind (``tcp://127.0.0.1:5555`` by default; ``tcp://*:N`` reaches other machines).
-        mode: ``pub`` (fan-out, never blocks, drops counted) or ``push`` (reliable, backpressure).
-        hwm: messages queued per peer before PUB drops / PUSH waits.
-        wait_subscribers, wait_timeout_s: ``pub`` only: wait for that many subscriptions first (each
-            topic prefix of each subscriber counts one).
-        mask_encoding: ``raw`` or ``png`` for segmentation class maps.
-        heartbeat_s: a ``heartbeat/<source>`` per source this often (0 = none); needs ``heartbeat``.
-        heartbeat: returns one dict per current source (``Pipeline.heartbeat``).
-        curve_secret_key: the server's secret key file: encrypt with CURVE.
-        curve_clients_dir: with CURVE, only clients whose public key file is in this folder may connect.
+    ``settings`` (the config's ``sinks.zmq``): ``endpoint`` to bind (loopback by default;
+    ``tcp://*:N`` reaches other machines); ``mode`` ``pub`` (fan-out, never blocks, drops counted)
+    or ``push`` (reliable, backpressure); ``hwm`` messages queued per peer; ``wait_subscribers``
+    and ``wait_timeout_s`` (``pub``: wait for that many subscriptions first, each topic prefix of
+    each subscriber counting one); ``mask_encoding``; ``heartbeat_s`` (a ``heartbeat/<source>``
+    per current source of the bound pipeline this often; 0 = none); ``curve`` (encrypt with the
+    server's secret key; with ``clients_dir``, admit only those clients' keys).
     """
 
     name = "zmq"
 
-    def __init__(
-        self,
-        endpoint: str = DEFAULT_ENDPOINT,
-        *,
-        mode: str = "pub",
-        hwm: int = 1000,
-        wait_subscribers: int = 0,
-        wait_timeout_s: float = 5.0,
-        mask_encoding: str = "raw",
-        heartbeat_s: float = 0.0,
-        heartbeat: Callable[[], list[dict[str, Any]]] | None = None,
-        curve_secret_key: str | None = None,
-        curve_clients_dir: str | None = None,
-        context: zmq.Context | None = None,
-    ):
-        if mode not in ("pub", "push"):
-            raise SinkError(f"sinks.zmq.mode: expected 'pub' or 'push', got {mode!r}")
-        if mode == "push" and wait_subscribers:
-            raise SinkError("sinks.zmq.wait_subscribers applies to mode 'pub'; PUSH waits for a peer by itself")
-        self.endpoint = endpoint
-        self.mode = mode
-        self.hwm = hwm
-        self.wait_subscribers = wait_subscribers
-        self.wait_timeout_s = wait_timeout_s
-        self.mask_encoding = mask_encoding
-        self.heartbeat_s = heartbeat_s
-        self.heartbeat = heartbeat
-        self.curve_secret_key = curve_secret_key
-        self.curve_clients_dir = curve_clients_dir
+    def __init__(self, settings: ZmqConfig | None = None, *, context: zmq.Context[Any] | None = None):
+        self.settings = settings = settings or ZmqConfig()
+        self.endpoint = settings.endpoint
+        self.mode = settings.mode
+        self.hwm = settings.hwm
+        self.wait_subscribers = settings.wait_subscribers
+        self.wait_timeout_s = settings.wait_timeout_s
+        self.mask_encoding = settings.mask_encoding
+        self.heartbeat_s = settings.heartbeat_s
+        self.curve_secret_key = settings.curve.secret_key
+        self.curve_clients_dir = settings.curve.clients_dir
         self._curve_keys = self._load_curve()
         self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket[Any] | None = None
         self._auth: Any = None
         self.sent = 0  # every message, heartbeats included
         self.dropped = 0
         self.heartbeats = 0  # heartbeats among the messages sent
         self.publish_ms = StageStats()
-        self.bound_endpoint = endpoint
+        self.bound_endpoint = self.endpoint
         self._opened = 0.0
         self._next_beat = 0.0
         self._beat_counts: dict[str, tuple[int, float]] = {}  # source -> (frames_out, when) at the last beat
@@ -262,7 +187,7 @@ class ZmqSink(Sink):
                 self.sent += 1
                 return True
             except zmq.Again:
-                if self.mode == "pub" or not reliable or (self.abort is not None and self.abort.is_set()):
+                if self.mode == "pub" or not reliable or self.context.abort.is_set():
                     self.dropped += 1
                     return False
                 self._sock.poll(_POLL_MS, zmq.POLLOUT)  # PUSH: wait for a peer with room (backpressure)
@@ -299,21 +224,26 @@ class ZmqSink(Sink):
     def tick(self) -> None:
         if self._sock is not None and self.mode == "pub":
             self._drain_subscriptions()
-        if self._sock is None or not self.heartbeat_s or self.heartbeat is None:
+        if self._sock is None or not self.heartbeat_s:
             return
         now = time.monotonic()
         if now < self._next_beat:
             return
         self._next_beat = now + self.heartbeat_s
         at_ns = time.time_ns()
-        for info in self.heartbeat():
-            sid = info["source_id"]
+        for src in self.context.sources():
+            sid = src.source_id
             frames, since = self._beat_counts.get(sid, (0, self._opened))
-            self._beat_counts[sid] = (info["frames_out"], now)
-            fps = (info["frames_out"] - frames) / (now - since) if now > since else 0.0
+            self._beat_counts[sid] = (src.frames_out, now)
+            fps = (src.frames_out - frames) / (now - since) if now > since else 0.0
             header = {
                 "schema": SCHEMA_VERSION,
-                **info,
+                "source_id": sid,
+                "state": src.state,
+                "frames_decoded": src.frames_decoded,
+                "frames_out": src.frames_out,
+                "drops": src.dropped,
+                "queue_depth": src.queue_depth,
                 "fps": round(max(fps, 0.0), 3),
                 "last_frame_index": self._last_index.get(sid),
                 "uptime_s": round(now - self._opened, 3),
@@ -342,5 +272,11 @@ class ZmqSink(Sink):
             "sent": self.sent,
             "dropped": self.dropped,
             "heartbeats": self.heartbeats,
-            "publish_ms": self.publish_ms.summary(),
+            "publish_ms": self.publish_ms.summary().to_json(),
         }
+
+    def stages(self) -> dict[str, StageStats]:
+        return {"publish": self.publish_ms}
+
+    def summary_lines(self) -> list[str]:
+        return [f"zmq {self.bound_endpoint}: {self.sent} messages sent, {self.dropped} dropped (slow subscribers)"]

@@ -1,19 +1,16 @@
 """Frame sources: each runs a capture thread that fills one ring buffer."""
 
-from .base import Source, SourceInfo, SourceState, StatusEvent
+from .base import Source, SourceInfo
 from .file import FileSource, probe_video
 from .folder import FolderSource
-from .live import LiveSource, ReconnectPolicy, StreamSpec, camera_spec, redact_url, rtsp_spec, testsrc_spec
+from .live import LiveSource, StreamSpec, camera_spec, redact_url, rtsp_spec, testsrc_spec
 
 __all__ = [
     "Source",
     "SourceInfo",
-    "SourceState",
-    "StatusEvent",
     "FileSource",
     "FolderSource",
     "LiveSource",
-    "ReconnectPolicy",
     "StreamSpec",
     "camera_spec",
     "probe_video",

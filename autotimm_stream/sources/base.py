@@ -1,72 +1,37 @@
 """What every source shares: a capture thread that fills one ring buffer until told to stop.
 
-Every source has a state (:class:`SourceState`). Files go RUNNING → STOPPED (or FAILED); live
-sources add CONNECTING and RECONNECTING (see :mod:`.live`). Each change is logged, counted and
-handed to ``on_status`` (the pipeline publishes it as ``status/<source_id>``).
+Every source has a state (:class:`~autotimm_stream.messages.SourceState`). Files go RUNNING →
+STOPPED (or FAILED); live sources add CONNECTING and RECONNECTING (see :mod:`.live`). Each change
+is logged, counted and handed to the listener given by :meth:`Source.bind` (the pipeline
+publishes it as ``status/<source_id>``).
 
-A source stops when the pipeline's ``stop`` event is set, or when it alone is removed
+A source stops when the stop event it was bound to is set, or when it alone is removed
 (:meth:`Source.remove`); :attr:`Source.halted` watches both.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ..frame import Frame, FrameFlags, now_ns
+from ..messages import FINAL_STATES, SourceState, StatusEvent
 from ..priority import lower_this_thread
-from ..ringbuffer import Policy, RingBuffer
+from ..ringbuffer import Policy, RingBuffer, StopFlag
+from ..stats import LiveStats
 
-__all__ = ["Source", "SourceInfo", "SourceState", "StatusEvent", "Halt"]
+__all__ = ["Source", "SourceInfo", "Halt"]
 
 _logger = logging.getLogger(__name__)
 _POLL_S = 0.05
-
-
-class SourceState(str, enum.Enum):
-    """Where a source is in its life."""
-
-    CONNECTING = "connecting"  # opening (first time)
-    RUNNING = "running"  # frames flowing
-    RECONNECTING = "reconnecting"  # lost; waiting out the backoff before the next attempt
-    STOPPED = "stopped"  # ended normally (stop requested, removed, or a file's last frame)
-    FAILED = "failed"  # gave up (an error, or reconnect attempts exhausted)
-
-
-FINAL_STATES = frozenset({SourceState.STOPPED, SourceState.FAILED})
-
-
-@dataclass(slots=True)
-class StatusEvent:
-    """One state change of one source (published on ``status/<source_id>``)."""
-
-    source_id: str
-    state: SourceState
-    previous: SourceState | None
-    reason: str = ""  # why, in words (credentials redacted)
-    attempt: int = 0  # consecutive failed connection attempts so far
-    retry_in_s: float | None = None  # RECONNECTING: the backoff before the next attempt
-    at_ns: int = field(default_factory=time.time_ns)  # wall clock, ns since the epoch
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source_id": self.source_id,
-            "state": self.state.value,
-            "previous": None if self.previous is None else self.previous.value,
-            "reason": self.reason,
-            "attempt": self.attempt,
-            "retry_in_s": None if self.retry_in_s is None else round(self.retry_in_s, 3),
-            "at_ns": self.at_ns,
-        }
 
 
 @dataclass(slots=True)
@@ -109,11 +74,12 @@ class Source:
     """
 
     live = False  # True for sources that reconnect (their end is not the end of the data)
+    realtime = False  # True for sources paced at their own speed (live ones, or a file played in real time)
 
-    def __init__(self, source_id: str, buffer: RingBuffer, stop: threading.Event):
+    def __init__(self, source_id: str, buffer: RingBuffer):
         self.source_id = source_id
         self.buffer = buffer
-        self.stop = stop
+        self.stop: StopFlag = threading.Event()  # its own until bound to a pipeline's
         self.removed = threading.Event()
         self.halted = Halt(self)
         self.info: SourceInfo | None = None
@@ -121,9 +87,25 @@ class Source:
         self.frames_decoded = 0
         self.state: SourceState | None = None
         self.state_counts: Counter[str] = Counter()  # state -> times entered
-        self.on_status: Callable[[StatusEvent], None] | None = None
-        self.low_priority = False  # set by the pipeline before start (see autotimm_stream.priority)
+        self._on_status: Callable[[StatusEvent], None] | None = None
+        self._bound = False
         self._thread: threading.Thread | None = None
+
+    def bind(
+        self,
+        stop: StopFlag,
+        on_status: Callable[[StatusEvent], None] | None = None,
+        bell: threading.Condition | None = None,
+    ) -> None:
+        """Give the source its collaborators, once, before it starts: the stop event it obeys, the
+        listener of its state changes and the bell its buffer rings (shared with the batcher)."""
+        if self._bound or self._thread is not None:
+            raise RuntimeError(f"source {self.source_id!r} is already bound or started; build a new source")
+        self._bound = True
+        self.stop = stop
+        self._on_status = on_status
+        if bell is not None:
+            self.buffer.share_bell(bell)
 
     def open(self) -> SourceInfo:
         raise NotImplementedError
@@ -172,16 +154,17 @@ class Source:
         event = StatusEvent(self.source_id, state, previous, reason, **extra)
         level = logging.WARNING if state in (SourceState.RECONNECTING, SourceState.FAILED) else logging.INFO
         _logger.log(level, "source %s: %s%s", self.source_id, state.value, f" ({reason})" if reason else "")
-        if self.on_status is not None:
+        if self._on_status is not None:
             try:
-                self.on_status(event)
+                self._on_status(event)
             except Exception:  # a status listener must never kill the capture thread
                 _logger.exception("source %s: status listener failed", self.source_id)
 
-    def start(self) -> None:
+    def start(self, low_priority: bool = False) -> None:
+        """Open if needed and start the capture thread (at the lowest CPU priority when asked)."""
         if self.info is None:
             self.open()
-        self._thread = threading.Thread(target=self._main, name=f"source-{self.source_id}")
+        self._thread = threading.Thread(target=self._main, args=(low_priority,), name=f"source-{self.source_id}")
         self._thread.start()
 
     def remove(self) -> None:
@@ -192,15 +175,14 @@ class Source:
     def offline(self) -> bool:
         """True for a finite source read as fast as the model takes it, losing nothing."""
         b = self.buffer
-        return (
-            not self.live
-            and not getattr(self, "realtime", False)
-            and b.policy is Policy.BLOCK
-            and not b.max_staleness_ns
-        )
+        return not self.live and not self.realtime and b.policy is Policy.BLOCK and not b.max_staleness_ns
 
-    def _main(self) -> None:
-        if self.low_priority:
+    def live_stats(self) -> LiveStats | None:
+        """Sessions, reconnects and failed attempts of a reconnecting source (None for others)."""
+        return None
+
+    def _main(self, low_priority: bool) -> None:
+        if low_priority:
             lower_this_thread()
         try:
             if not self.live:

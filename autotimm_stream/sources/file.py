@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from fractions import Fraction
 
@@ -76,12 +75,11 @@ class FileSource(Source):
         source_id: str,
         path: str,
         buffer: RingBuffer,
-        stop: threading.Event,
         *,
         decode_threads: int = 0,
         realtime: bool = False,
     ):
-        super().__init__(source_id, buffer, stop)
+        super().__init__(source_id, buffer)
         self.path = str(path)
         self.decode_threads = decode_threads
         self.realtime = realtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import threading
 import time
 from fractions import Fraction
 
@@ -35,13 +34,12 @@ class FolderSource(Source):
         source_id: str,
         folder: str,
         buffer: RingBuffer,
-        stop: threading.Event,
         *,
         pattern: str = "*",
         fps: float = 25.0,
         realtime: bool = False,
     ):
-        super().__init__(source_id, buffer, stop)
+        super().__init__(source_id, buffer)
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.folder = str(folder)

@@ -11,7 +11,7 @@ One PyAV capture loop inside a per-stream state machine::
   stream (``live: false``, e.g. a VOD URL) ends at its end; after a lost session it is read again
   from its start and goes on after the last frame delivered (none twice, one clock). A stream
   that is down at start-up is retried like any other (the pipeline starts anyway).
-- Backoff is exponential with jitter (``ReconnectPolicy``); default: retry forever. A session
+- Backoff is exponential with jitter (``ReconnectPolicy``, in ``LiveOptions.reconnect``); default: retry forever. A session
   that opens but ends before its first frame counts as a failed attempt (it backs off and counts
   towards ``max_attempts``), not as a reconnect.
 - Stall watchdog: no decoded frame for ``stall_frames`` frame intervals forces a reconnect (so
@@ -45,13 +45,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import av
 import numpy as np
 
+from ..config import LiveOptions
 from ..errors import SourceError, first_line
 from ..frame import FrameFlags
+from ..messages import SourceState
 from ..ringbuffer import RingBuffer
-from .base import Source, SourceInfo, SourceState
+from ..stats import LiveStats
+from .base import Source, SourceInfo
 from .convert import to_rgb
 
-__all__ = ["LiveSource", "ReconnectPolicy", "StreamSpec", "redact_url", "rtsp_spec", "camera_spec", "testsrc_spec"]
+__all__ = ["LiveSource", "StreamSpec", "redact_url", "rtsp_spec", "camera_spec", "testsrc_spec"]
 
 _logger = logging.getLogger(__name__)
 
@@ -81,35 +84,6 @@ def redact_url(url: str) -> str:
 
 def _redact_text(text: str, url: str) -> str:
     return _USERINFO.sub("***@", text.replace(url, redact_url(url)))
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """When to try again after a failed connection or a lost stream."""
-
-    initial_delay_s: float = 0.5  # wait before the first retry
-    max_delay_s: float = 30.0  # the backoff never exceeds this
-    multiplier: float = 2.0  # each consecutive failure multiplies the wait
-    jitter: float = 0.2  # +-fraction of random spread, so many cameras do not retry in lockstep
-    max_attempts: int | None = None  # consecutive failures before FAILED; None = retry forever
-
-    def __post_init__(self) -> None:
-        if self.initial_delay_s < 0 or self.max_delay_s < self.initial_delay_s:
-            raise ValueError(
-                f"reconnect delays must satisfy 0 <= initial_delay_s <= max_delay_s, "
-                f"got {self.initial_delay_s} and {self.max_delay_s}"
-            )
-        if self.multiplier < 1 or not 0 <= self.jitter < 1:
-            raise ValueError(
-                f"reconnect multiplier must be >= 1 and jitter in [0, 1), got {self.multiplier}, {self.jitter}"
-            )
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError(f"reconnect max_attempts must be >= 1 or None (forever), got {self.max_attempts}")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failures so far)."""
-        base = min(self.max_delay_s, self.initial_delay_s * self.multiplier ** max(0, attempt - 1))
-        return max(0.0, base * (1.0 + rng.uniform(-self.jitter, self.jitter)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,26 +142,19 @@ class LiveSource(Source):
         source_id: str,
         spec: StreamSpec,
         buffer: RingBuffer,
-        stop,
+        options: LiveOptions | None = None,
         *,
-        reconnect: ReconnectPolicy | None = None,
-        open_timeout_s: float = 10.0,
-        stall_frames: int = 50,
-        min_stall_s: float = 1.0,
-        skip_until_keyframe: bool = False,
-        decode_threads: int = 1,
         seed: int | None = None,
     ):
-        super().__init__(source_id, buffer, stop)
-        if open_timeout_s <= 0 or stall_frames < 1 or min_stall_s <= 0:
-            raise ValueError("open_timeout_s and min_stall_s must be > 0 and stall_frames >= 1")
+        super().__init__(source_id, buffer)
+        o = options or LiveOptions()
         self.spec = spec
-        self.reconnect = reconnect or ReconnectPolicy()
-        self.open_timeout_s = open_timeout_s
-        self.stall_frames = stall_frames
-        self.min_stall_s = min_stall_s
-        self.skip_until_keyframe = skip_until_keyframe
-        self.decode_threads = decode_threads
+        self.reconnect = o.reconnect
+        self.open_timeout_s = o.open_timeout_s
+        self.stall_frames = o.stall_frames
+        self.min_stall_s = o.min_stall_s
+        self.skip_until_keyframe = o.skip_until_keyframe
+        self.decode_threads = o.decode_threads
         self.reconnects = 0  # sessions lost after they ran
         self.failed_attempts = 0  # connection attempts that failed, in total
         self.sessions = 0
@@ -415,10 +382,5 @@ class LiveSource(Source):
         # a live buffer never blocks (policy latest); under block it waits, which is what was asked for
         return self._deliver(image, pts, flags, decode_ms, LIVE_TIME_BASE, int(round(pts / LIVE_TIME_BASE)))
 
-    def stats(self) -> dict[str, object]:
-        return {
-            "sessions": self.sessions,
-            "reconnects": self.reconnects,
-            "failed_attempts": self.failed_attempts,
-            "fps": self._fps,
-        }
+    def live_stats(self) -> LiveStats:
+        return LiveStats(self.sessions, self.reconnects, self.failed_attempts, self._fps)
