@@ -26,9 +26,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check autotimm_stream tests benchmarks examples
 	$(BIN)/ruff format --check autotimm_stream tests benchmarks examples
+	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/suite.py
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -168,8 +168,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = demo_config(args.out, args.set, frames=args.frames, realtime=not args.fast, task=args.task)
     endpoint = cfg.sinks.zmq.endpoint if cfg.sinks.zmq.enabled else None
 
+    clip = getattr(cfg.sources[0], "uri", cfg.sources[0].id)  # the demo's one source is a generated file
+
     def started(_p: Any) -> None:
-        print(f"demo: annotating {cfg.sources[0].uri} with {os.path.basename(cfg.model.path)}", file=sys.stderr)
+        print(f"demo: annotating {clip} with {os.path.basename(cfg.model.path)}", file=sys.stderr)
         if endpoint:
             print(
                 f"demo: publishing on {endpoint}; subscribe from another terminal with\n"
@@ -179,12 +181,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
 
     code = run_config(cfg, progress=False if args.no_progress else None, on_started=started)
-    if code == 0:
-        print(
-            f"demo: done; open {os.path.join(cfg.output_dir, cfg.sinks.video.filename)} and "
-            f"{os.path.join(cfg.output_dir, cfg.sinks.jsonl.filename)}",
-            file=sys.stderr,
-        )
+    sinks = cfg.sinks
+    made = [os.path.join(cfg.output_dir, c.filename) for c in (sinks.video, sinks.jsonl) if c.enabled]
+    if code == 0 and made:
+        print(f"demo: done; open {' and '.join(made)}", file=sys.stderr)
     return code
 
 

@@ -127,7 +127,7 @@ def parse_message(parts: list[bytes] | list[Any], check: bool = False) -> Messag
         )
     if check:
         validate(topic, header, raw[2:])
-    base = {"topic": topic, "kind": kind, "source_id": source_id, "header": header}
+    base: dict[str, Any] = {"topic": topic, "kind": kind, "source_id": source_id, "header": header}
     try:
         if kind in RESULT_KINDS:
             mask = None
@@ -152,7 +152,7 @@ def parse_message(parts: list[bytes] | list[Any], check: bool = False) -> Messag
                 timings_ms=header.get("timings_ms", {}),
                 classes=[Prediction(c["class_id"], c["label"], c["score"]) for c in header.get("classes", [])],
                 detections=[
-                    Detection(tuple(d["box"]), d["class_id"], d["label"], d["score"])
+                    Detection(_box(d["box"]), d["class_id"], d["label"], d["score"])
                     for d in header.get("detections", [])
                 ],
                 class_fractions={c["label"]: c["fraction"] for c in header.get("class_fractions", [])},
@@ -180,6 +180,11 @@ def parse_message(parts: list[bytes] | list[Any], check: bool = False) -> Messag
         return EosMessage(**base, frames=header["frames"], reason=header["reason"])
     except (KeyError, TypeError) as exc:
         raise ProtocolError(f"{topic}: the header lacks or mistypes {exc}") from None
+
+
+def _box(box: list[float]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    return (x1, y1, x2, y2)
 
 
 class Subscriber:

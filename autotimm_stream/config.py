@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .lifecycle import DRAIN_TIMEOUT_S
 from .net import DEFAULT_CONTROL_ENDPOINT, DEFAULT_ENDPOINT, DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
 __all__ = [
@@ -342,7 +343,9 @@ class RunConfig(_Strict):
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
     output_dir: str = Field("out", description="folder for JSONL, video and the run summary")
-    drain_timeout_s: float = Field(3.0, ge=0, le=60, description="on stop, how long buffered frames may drain")
+    drain_timeout_s: float = Field(
+        DRAIN_TIMEOUT_S, ge=0, le=60, description="on stop, how long buffered frames may drain"
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RunConfig:

@@ -12,17 +12,18 @@ import logging
 import threading
 import time
 
-__all__ = ["Shutdown", "SINK_GRACE_S"]
+__all__ = ["Shutdown", "DRAIN_TIMEOUT_S", "SINK_GRACE_S"]
 
 _logger = logging.getLogger(__name__)
 
+DRAIN_TIMEOUT_S = 3.0  # after a stop, how long buffered frames may still be inferred (drain_timeout_s)
 SINK_GRACE_S = 2.0  # after the drain time, how long a sink that accepts nothing may hold a stop
 
 
 class Shutdown:
     """The stop and abort events of one run, and when the stop was asked for."""
 
-    def __init__(self, stop: threading.Event | None = None, drain_timeout_s: float = 3.0):
+    def __init__(self, stop: threading.Event | None = None, drain_timeout_s: float = DRAIN_TIMEOUT_S):
         self.stop = stop or threading.Event()
         self.abort = threading.Event()
         self.drain_timeout_s = drain_timeout_s

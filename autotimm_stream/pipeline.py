@@ -24,7 +24,7 @@ from typing import Protocol
 from .batching import Batcher
 from .config import BatchPolicy
 from .errors import ConfigError, first_line
-from .lifecycle import Shutdown
+from .lifecycle import DRAIN_TIMEOUT_S, Shutdown
 from .messages import StatusEvent
 from .postprocess import Postprocessor
 from .runtime.runner import ModelRunner
@@ -73,7 +73,7 @@ class Pipeline:
         *,
         stop: threading.Event | None = None,
         postprocessor: Postprocessor | None = None,
-        drain_timeout_s: float = 3.0,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
         sink_queue: int = 4,
         persistent: bool = False,
     ):

@@ -5,11 +5,8 @@ waits at the end of it for the slowest thread. A decode, preprocessing or sink t
 one core for a few milliseconds therefore stalls the whole team, not one core's share: the
 support work costs the model about twice what it costs the CPU. Run at the lowest normal priority
 (nice 19), that work fills the moments the team leaves the cores free instead (between operators,
-between batches) and still gets a share when it must.
-
-Measured (benchmarks, resnet18@224 on 720p H.264, batch 8, 2 cores, 8 paired runs in one
-process): engine 27.8 -> 30.1 fps on average, faster in 7 of 8 pairs (15 of 18 pairs over all
-such runs); see "What the figures led to" in benchmarks/README.md.
+between batches) and still gets a share when it must (measured: benchmarks/README.md, "What the
+figures led to").
 
 Only where nothing is waiting in real time: files read at full speed (``block``). A live capture
 thread at low priority could fall behind its camera while the model is busy, so live sources and

@@ -41,7 +41,7 @@ MASK_ENCODINGS = ("raw", "png")
 MASK_PART = 2  # index of the message part that carries a segmentation mask
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DTYPES = {1: "uint8", 2: "uint16"}  # itemsize -> wire name
-_NUMPY = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}  # wire name -> raw payload layout
+_NUMPY: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}  # wire name -> layout
 
 
 class ProtocolError(StreamError, ValueError):
@@ -82,7 +82,7 @@ def encode_mask(mask: np.ndarray, encoding: str = "raw") -> tuple[dict[str, Any]
         "frame": MASK_PART,
     }
     if encoding == "raw":
-        return spec, memoryview(np.ascontiguousarray(mask)).cast("B")
+        return spec, memoryview(np.ascontiguousarray(mask).data).cast("B")
     if encoding == "png":
         import cv2
 
@@ -103,15 +103,15 @@ def decode_mask(spec: dict[str, Any], payload: bytes | memoryview) -> np.ndarray
     want = _NUMPY.get(dtype)
     if want is None:
         raise ProtocolError(f"mask: expected dtype 'uint8' or 'uint16', got {dtype!r}")
-    data = bytes(payload) if encoding == "png" else payload
     if encoding == "raw":
         size = height * width * want.itemsize
-        if len(data) != size:
-            raise ProtocolError(f"mask: {dtype} {height}x{width} needs {size} bytes, the payload has {len(data)}")
-        return np.frombuffer(data, dtype=want).reshape(height, width)
+        if len(payload) != size:
+            raise ProtocolError(f"mask: {dtype} {height}x{width} needs {size} bytes, the payload has {len(payload)}")
+        return np.frombuffer(payload, dtype=want).reshape(height, width)
     if encoding == "png":
         import cv2
 
+        data = bytes(payload)
         if not data.startswith(_PNG_SIGNATURE):
             raise ProtocolError("mask: encoding 'png' but the payload is not a PNG")
         mask = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)

@@ -128,7 +128,7 @@ class RingBuffer:
                 waited = True
             now = _now_ns()
             if self._last_put_ns is not None and not waited:  # a producer held back by a full buffer shows no pace
-                gap = now - self._last_put_ns
+                gap: float = now - self._last_put_ns
                 if self._pace.value:
                     # one gap counts at most twice the pace: an outage does not make the stream look
                     # slow for long after it, and a real change of rate still shows within ~10 frames

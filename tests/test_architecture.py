@@ -13,32 +13,37 @@ import autotimm_stream
 PACKAGE = Path(autotimm_stream.__file__).parent
 # Layer of each part of the package, lowest first. A module may import from its own layer and below.
 LAYERS: dict[str, int] = {
-    # foundations: no engine imports but each other
+    # 0: foundations
     "errors": 0,
     "tasks": 0,
+    "frame": 0,
+    "stats": 0,
+    "lifecycle": 0,
     "fileio": 0,
     "priority": 0,
-    "lifecycle": 0,
-    "stats": 0,
-    "frame": 0,
     "synthetic": 0,
-    "net": 1,
-    "config": 2,
-    "messages": 2,
-    "ringbuffer": 2,
-    "protocol": 3,
-    "batching": 3,
-    "client": 4,
-    "sources": 4,
-    "runtime": 4,
-    "postprocess": 5,
-    "export": 5,
-    "sinks": 5,
-    "worker": 6,
-    "pipeline": 7,
-    "app": 8,
-    "cli": 9,
-    "__main__": 10,
+    "net": 0,
+    # 1: settings and messages
+    "config": 1,
+    "messages": 1,
+    "ringbuffer": 1,
+    # 2: wire and batching
+    "protocol": 2,
+    "batching": 2,
+    # 3: parts
+    "sources": 3,
+    "runtime": 3,
+    "client": 3,
+    # 4: parts built on parts
+    "postprocess": 4,
+    "export": 4,
+    "sinks": 4,
+    # 5-8: the worker, the pipeline, the application, the command line
+    "worker": 5,
+    "pipeline": 6,
+    "app": 7,
+    "cli": 8,
+    "__main__": 8,
 }
 OUTSIDE = {"testing"}  # dev tools shared by tests and benchmarks: they import no engine module
 

@@ -43,9 +43,8 @@ def build_source(sc: SourceConfig, bell: threading.Condition, model_on_cpu: bool
     """One source from its config (``sources[i]``), its buffer ringing ``bell``; not yet opened."""
     buffer = RingBuffer(sc.buffer_size, sc.policy, bell, max_staleness_ms=sc.max_staleness_ms)
     if isinstance(sc, FileSourceConfig):
-        # When the model runs on the CPU, every core-ms spent decoding is taken from the model, and
-        # one decoder thread per source costs ~25 % less CPU per frame than FFmpeg's frame
-        # threading; on a GPU the CPU is free for decoding, so FFmpeg chooses.
+        # on the CPU every core-ms of decoding is taken from the model, and one decoder thread per
+        # source costs less CPU per frame than FFmpeg's frame threading; on a GPU FFmpeg chooses
         auto_threads = 1 if model_on_cpu else 0
         threads = auto_threads if sc.decode_threads is None else sc.decode_threads
         return FileSource(sc.id, sc.uri, buffer, decode_threads=threads, realtime=sc.realtime)
@@ -72,8 +71,8 @@ def build_sources(cfg: RunConfig, model_on_cpu: bool = True) -> list[Source]:
     is down at start-up is retried by its own thread, it does not stop the pipeline.
     """
     if model_on_cpu:
-        # OpenCV's colour conversion pool woke on every frame and cost the model ~4 % (paired A/B,
-        # 4 rounds); each source thread converts its own frames.
+        # OpenCV's colour conversion pool woke on every frame and slowed the model; each source
+        # thread converts its own frames
         cv2.setNumThreads(1)
     bell = threading.Condition()
     sources: list[Source] = []

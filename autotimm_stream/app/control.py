@@ -68,7 +68,7 @@ class ControlServer:
         """Bind now, so that a busy address fails the run before anything is written."""
         if self._sock is not None:
             return
-        options = {zmq.MAXMSGSIZE: _MAX_REQUEST}
+        options: dict[int, Any] = {zmq.MAXMSGSIZE: _MAX_REQUEST}
         sock = bind_socket(self._ctx, zmq.REP, self.endpoint, "control.endpoint", DEFAULT_CONTROL_ENDPOINT, options)
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
@@ -163,7 +163,7 @@ def _describe(s: SourceStats) -> dict[str, Any]:
 
 def request(endpoint: str, payload: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
     """Send one control request and return the reply (raises TimeoutError when none comes)."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:

@@ -56,11 +56,11 @@ def _clip(out_dir: str, frames: int, dominant: bool, seed: int = DEMO_SEED) -> s
             return path
     except OSError:
         pass
-    write_atomic(
-        path,
-        lambda tmp: write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=seed, dominant=dominant),
-        suffix=".mp4",  # the muxer picks the container from the name
-    )
+
+    def write(tmp: str) -> None:
+        write_clip(tmp, frames=frames, width=640, height=360, fps=25, seed=seed, dominant=dominant)
+
+    write_atomic(path, write, suffix=".mp4")  # the muxer picks the container from the name
     return path
 
 

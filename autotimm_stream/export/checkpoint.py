@@ -180,7 +180,7 @@ def inspect_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any] | None
 def _constructor_kwargs(cls: type, info: CheckpointInfo) -> dict[str, Any]:
     from autotimm import BackboneConfig, FeatureBackboneConfig
 
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     kwargs = {k: v for k, v in info.hparams.items() if k in params and k not in _BOOKKEEPING}
     dropped = sorted(set(info.hparams) - set(kwargs) - set(_BOOKKEEPING))
     if dropped:
@@ -256,7 +256,7 @@ def _decode(model: torch.nn.Module, info: CheckpointInfo) -> dict[str, Any]:
         "score_thresh": float(getattr(model, "score_thresh", 0.05)),
         "nms_thresh": float(getattr(model, "nms_thresh", 0.5)),
         "max_detections": int(getattr(model, "max_detections_per_image", 100)),
-        "strides": [int(s) for s in model.strides],
+        "strides": [int(s) for s in getattr(model, "strides")],  # noqa: B009 (a tensor or a list: no type)
     }
 
 
@@ -310,7 +310,7 @@ def export_checkpoint(
     decode = _decode(model, info)
     # Lightning's `trainer` property raises outside a Trainer unless it believes it is being
     # scripted; tracing and export probe every attribute, so say so (as LightningModule.to_torchscript does).
-    model._jit_is_scripting = True
+    setattr(model, "_jit_is_scripting", True)  # noqa: B010 (not a declared attribute of nn.Module)
     import timm
 
     hp = info.hparams

@@ -58,6 +58,12 @@ def transform_config(dm: dict[str, Any], task: Task, where: str) -> dict[str, An
     return fields
 
 
+def _backbone(model: torch.nn.Module) -> torch.nn.Module:
+    backbone = model.backbone
+    assert isinstance(backbone, torch.nn.Module), "AutoTimm task models hold their timm backbone as a module"
+    return backbone
+
+
 def _backbone_name(info: CheckpointInfo) -> str:
     hp = info.hparams
     backbone = hp.get("backbone")
@@ -120,7 +126,7 @@ def _classification_preprocessing(model: torch.nn.Module, info: CheckpointInfo, 
     where = f"checkpoint {info.path!r}"
     dm, tc = info.datamodule, info.transform_config
     if tc is not None:
-        stats = _transform_stats(tc, _backbone_name(info) or model.backbone)
+        stats = _transform_stats(tc, _backbone_name(info) or _backbone(model))
         backend, origin = tc.get("backend", "torchvision"), "datamodule transform_config"
     elif dm is not None:
         stats = {
@@ -131,7 +137,7 @@ def _classification_preprocessing(model: torch.nn.Module, info: CheckpointInfo, 
         }
         backend, origin = dm.get("transform_backend", "torchvision"), "datamodule defaults"
     else:
-        stats = _transform_stats({}, model.backbone)
+        stats = _transform_stats({}, _backbone(model))
         backend, origin = "torchvision", "timm data config"
     prep: dict[str, Any] = {
         "resize": "center_crop",
@@ -166,7 +172,7 @@ def preprocessing(model: torch.nn.Module, info: CheckpointInfo, image_size: int 
         "_size_source": source,
     }
     if info.transform_config is not None:  # albumentations TransformConfig (see _transform_config)
-        stats = _transform_stats(info.transform_config, _backbone_name(info) or model.backbone)
+        stats = _transform_stats(info.transform_config, _backbone_name(info) or _backbone(model))
         prep.update(mean=tuple(stats["mean"]), std=tuple(stats["std"]), _from="datamodule transform_config")
         _albumentations_warning(f"checkpoint {info.path!r}", size, prep["resize"])
     return prep

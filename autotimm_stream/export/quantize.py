@@ -250,7 +250,8 @@ class Int8DynamicLinear(torch.nn.Module):
         x2 = x.reshape(-1, self.in_features).float()
         x_scale = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
         xq = torch.round(x2 / x_scale).clamp(-127, 127).to(torch.int8)
-        y = torch._int_mm(xq, self.weight_int8).float() * x_scale * self.weight_scale + self.bias
+        weight, scale, bias = self.get_buffer("weight_int8"), self.get_buffer("weight_scale"), self.get_buffer("bias")
+        y = torch._int_mm(xq, weight).float() * x_scale * scale + bias
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -142,10 +142,8 @@ def _save_onnx(network: torch.nn.Module, example: torch.Tensor, meta: BundleMeta
         names = meta.outputs or [f"output_{i}" for i in range(len(flatten_outputs(network(example))))]
     raw = f"{path}.raw.onnx"
     try:
-        # The TorchScript-based exporter: deprecated in torch 2.14 (DeprecationWarning) but present,
-        # exact here (outputs within 3e-5 of eager for classifier, FCOS and FCN), ~0.5 s per model
-        # and no extra dependency. The torch.export-based one (dynamo=True) gives the same results
-        # but needs onnxscript and takes 5-10 s per model.
+        # The TorchScript-based exporter (deprecated in torch 2.14, still exact here): the
+        # torch.export-based one (dynamo=True) needs onnxscript and takes ~10x longer.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)

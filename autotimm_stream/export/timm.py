@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import Any
 
 import torch
 
@@ -128,11 +129,11 @@ def export_timm(
     if top_k < 1:
         raise ConfigError(f"--top-k must be 1 or more (classes listed per result), got {top_k}")
     check_image_size(image_size)
-    kwargs = {"pretrained": False, "num_classes": len(class_names)}
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": len(class_names)}
     try:
         try:
             # fixed-size models (ViTs) must be built at the export size; convnets take no img_size
-            extra = {"img_size": image_size} if image_size is not None else {}
+            extra: dict[str, Any] = {"img_size": image_size} if image_size is not None else {}
             model = timm.create_model(model_name, **kwargs, **extra)
         except TypeError:
             model = timm.create_model(model_name, **kwargs)
@@ -146,7 +147,7 @@ def export_timm(
     if crop_mode not in ("center", "squash"):
         _logger.warning("timm crop_mode %r is not supported; using a centre crop", crop_mode)
     meta = BundleMeta(
-        task=task,
+        task=Task(task),
         class_names=list(class_names),
         input_size=(size, size),
         resize="squash" if crop_mode == "squash" else "center_crop",

@@ -95,10 +95,10 @@ class Postprocessor:
         names = self.meta.class_names
         out = []
         for (boxes, scores, labels), hw in zip(decoded, frames_hw):
-            boxes = to_frame_pixels(boxes, self.geometry(hw), hw).cpu().tolist()
+            pixels = to_frame_pixels(boxes, self.geometry(hw), hw).cpu().tolist()
             dets = [
                 Detection((b[0], b[1], b[2], b[3]), int(c), names[int(c)], float(s))
-                for b, s, c in zip(boxes, scores.cpu().tolist(), labels.cpu().tolist())
+                for b, s, c in zip(pixels, scores.cpu().tolist(), labels.cpu().tolist())
                 if b[2] > b[0] and b[3] > b[1]  # a box wholly in the letterbox padding is not on the frame
             ]
             out.append(TaskOutputs(detections=dets))

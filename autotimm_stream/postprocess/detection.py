@@ -113,8 +113,8 @@ def decode_dense(
     kept = kept[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
     out = []
     kept_images = images[kept]
-    for b in range(batch):
-        idx = kept[kept_images == b][:max_detections]
+    for i in range(batch):
+        idx = kept[kept_images == i][:max_detections]
         out.append((boxes[idx], scores[idx], labels[idx]) if idx.numel() else empty)
     return out
 

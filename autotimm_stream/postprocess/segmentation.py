@@ -66,7 +66,7 @@ def _upsampled_argmax(x: torch.Tensor, fh: int, fw: int, dtype: torch.dtype) -> 
     strictly ahead of the others, every blend of them has that best class too (a convex
     combination keeps a strict maximum), so the class is copied; only the other cells (class
     borders, ~8-12 % of a real frame's pixels) are blended and compared. Same answer as upsampling
-    every pixel, 2-4x less work at 720p-1080p (one thread: 16-27 -> 9 ms, 36-66 -> 13-15 ms).
+    every pixel, 2-4x less work at 720p-1080p (benchmarks/README.md).
     """
     c, h = x.shape[1], x.shape[2]
     dev = x.device

@@ -11,11 +11,8 @@ never asks which format it got.
 - ``onnx``: an ONNX model run by onnxruntime (CPU, or CUDA when its provider is present); the
   only format that can carry int8 convolutions from dynamic quantization.
 - ``aoti``: the ``export`` program compiled ahead of time by AOTInductor for one device type
-  (``torch._inductor.aoti_compile_and_package``), metadata added to the package. On the CPU it
-  equals TorchScript but is no faster (and compiles for 10-60 s); CUDA is where it should pay
-  (a helper measured ~2x at batch 1 on an H200), but torch 2.11's AOTI loader segfaulted on every
-  CUDA package in this project's GPU runs (even a one-conv model in the process that compiled it),
-  so that path is unverified. Tied to the torch version and device.
+  (``torch._inductor.aoti_compile_and_package``), metadata added to the package; tied to the
+  torch version and the device type (its CUDA path is unverified: README, "Model bundles").
 """
 
 from __future__ import annotations
@@ -258,8 +255,7 @@ class Network:
         options.inter_op_num_threads = 1
         # onnxruntime's pool threads spin after each run by default: fastest when nothing else runs
         # (model only), but in the engine they keep decoding and preprocessing off the cores the
-        # model is waiting on. Paired engine runs on 2 cores (benchmarks/README.md): detector
-        # 69.5 -> 78.8 fps (3 of 3 pairs), segmentor 7.4 -> 8.7 (2 of 2), resnet18 within noise.
+        # model is waiting on (measured in benchmarks/README.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         self.onnx_session = session

@@ -13,14 +13,9 @@ Three resize modes cover what AutoTimm models were trained on:
 Frames of one shape are stacked and converted in one call; a batch of several shapes costs one
 call per shape, never a Python loop over frames of the same shape. On the CPU the resize runs on
 uint8 (torch's antialiased uint8 kernels are ~4x faster than on float); on CUDA frames are copied
-from pinned memory without blocking and resized in float on the device.
-
-Measured against resizing each frame straight from its decoded array (no stacked full-size copy,
-20-25 % less preprocessing time at 1080p): the engine got slower where the model's forward pass
-is short. Every torch call releases and retakes the GIL, and a loop of small calls on the
-preprocessing thread delays the model thread's own Python between passes (alternating engine
-runs, 720p: detector 66.9 -> 59.4 fps, forward pass per batch 14.8 -> 16.6 ms; the 1080p
-classifier gained 4 %). The copy is cheaper than the handoffs.
+from pinned memory without blocking and resized in float on the device. Stacking costs a copy,
+but a loop of small torch calls hands the GIL back and forth with the model's thread, which cost
+more (benchmarks/README.md, "Frame-by-frame CPU preprocessing").
 """
 
 from __future__ import annotations

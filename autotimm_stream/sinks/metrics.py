@@ -86,7 +86,7 @@ class MetricsSink(Sink):
                 self.detections.labels(sid).inc(len(r.detections))
             if r.frame.flags:
                 for flag in FrameFlags:
-                    if flag and flag in r.frame.flags:
+                    if flag and flag.name and flag in r.frame.flags:
                         self.flagged.labels(sid, flag.name.lower()).inc()
         for size in batches.values():
             self.batch_size.observe(size)

@@ -117,13 +117,8 @@ class SnapshotSink(Sink):
 
     def __init__(self, folder: str | os.PathLike[str], settings: SnapshotConfig):
         self.folder = os.fspath(folder)
+        self.settings = settings
         self.classes = list(dict.fromkeys(settings.classes))
-        self.min_score = settings.min_score
-        self.min_fraction = settings.min_fraction
-        self.cooldown_s = settings.cooldown_s
-        self.annotated = settings.annotated
-        self.max_files = settings.max_files
-        self.quality = settings.quality
         self._wanted = set(self.classes)
         # each class's part of the file name, unique even where two names sanitise alike ("a b", "a/b")
         self._file_names: dict[str, str] = {}
@@ -169,24 +164,24 @@ class SnapshotSink(Sink):
         f = r.frame
         t = f.pts if f.pts is not None else f.capture_ns / 1e9
         due = []
-        for c in present_classes(r, self._wanted, self.min_score, self.min_fraction):
+        for c in present_classes(r, self._wanted, self.settings.min_score, self.settings.min_fraction):
             last = self._last.get((f.source_id, c))
             # time going backwards (a looping file, a source whose clock restarted) starts afresh
             # 1 us of slack: 1.2 - 0.8 is 0.3999... in floats, and a cooldown of exactly N frame
             # intervals must not wait a frame longer
-            if last is None or t - last >= self.cooldown_s - _EPS_S or t < last:
+            if last is None or t - last >= self.settings.cooldown_s - _EPS_S or t < last:
                 self._last[(f.source_id, c)] = t
                 due.append(c)
         return due
 
     def _save(self, r: Result, due: list[str]) -> None:
-        room = self.max_files - self.written
+        room = self.settings.max_files - self.written
         if room < len(due):
             if self.skipped == 0:
                 _logger.warning(
                     "%s: max_files (%d) reached in %s; further snapshots are skipped (raise %s.max_files)",
                     _FIELD,
-                    self.max_files,
+                    self.settings.max_files,
                     self.folder,
                     _FIELD,
                 )
@@ -194,9 +189,9 @@ class SnapshotSink(Sink):
             due = due[: max(room, 0)]
             if not due:
                 return
-        image = draw_result(r) if self.annotated else r.frame.image
+        image = draw_result(r) if self.settings.annotated else r.frame.image
         bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)  # OpenCV encodes BGR
-        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.settings.quality])
         if not ok:
             self._failed(f"frame {r.index} of {r.source_id} could not be encoded as JPEG", len(due))
             return

@@ -60,16 +60,7 @@ class ZmqSink(Sink):
     name = "zmq"
 
     def __init__(self, settings: ZmqConfig | None = None, *, context: zmq.Context[Any] | None = None):
-        self.settings = settings = settings or ZmqConfig()
-        self.endpoint = settings.endpoint
-        self.mode = settings.mode
-        self.hwm = settings.hwm
-        self.wait_subscribers = settings.wait_subscribers
-        self.wait_timeout_s = settings.wait_timeout_s
-        self.mask_encoding = settings.mask_encoding
-        self.heartbeat_s = settings.heartbeat_s
-        self.curve_secret_key = settings.curve.secret_key
-        self.curve_clients_dir = settings.curve.clients_dir
+        self.settings = settings or ZmqConfig()
         self._curve_keys = self._load_curve()
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
@@ -78,7 +69,7 @@ class ZmqSink(Sink):
         self.dropped = 0
         self.heartbeats = 0  # heartbeats among the messages sent
         self.publish_ms = StageStats()
-        self.bound_endpoint = self.endpoint
+        self.bound_endpoint = self.settings.endpoint
         self._opened = 0.0
         self._next_beat = 0.0
         self._beat_counts: dict[str, tuple[int, float]] = {}  # source -> (frames_out, when) at the last beat
@@ -87,14 +78,14 @@ class ZmqSink(Sink):
     # -- set-up ---------------------------------------------------------------------------------
     def _load_curve(self) -> tuple[bytes, bytes] | None:
         """The server's key pair, checked at construction so a bad key fails before anything runs."""
-        if not self.curve_secret_key:
-            if self.curve_clients_dir:
+        if not self.settings.curve.secret_key:
+            if self.settings.curve.clients_dir:
                 raise SinkError("sinks.zmq.curve.clients_dir needs sinks.zmq.curve.secret_key (the server's key)")
             return None
-        public, secret = load_curve_key(self.curve_secret_key, "sinks.zmq.curve.secret_key", secret=True)
-        if self.curve_clients_dir and not os.path.isdir(self.curve_clients_dir):
+        public, secret = load_curve_key(self.settings.curve.secret_key, "sinks.zmq.curve.secret_key", secret=True)
+        if self.settings.curve.clients_dir and not os.path.isdir(self.settings.curve.clients_dir):
             raise SinkError(
-                f"sinks.zmq.curve.clients_dir: {self.curve_clients_dir!r} is not a folder; expected a folder of "
+                f"sinks.zmq.curve.clients_dir: {self.settings.curve.clients_dir!r} is not a folder; expected a folder of "
                 "client public key files (*.key)"
             )
         assert secret is not None
@@ -110,53 +101,55 @@ class ZmqSink(Sink):
         # client that knows the server's public key (encryption only), with one only those keys
         self._auth = ThreadAuthenticator(self._ctx, log=_logger)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=self.curve_clients_dir or zmq.auth.CURVE_ALLOW_ANY)
+        self._auth.configure_curve(domain="*", location=self.settings.curve.clients_dir or zmq.auth.CURVE_ALLOW_ANY)
         return {zmq.CURVE_SERVER: 1, zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
 
     def open(self) -> None:
         options = self._curve_options()
-        if self.mode == "pub":
-            options.update({zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1})
-            if self.wait_subscribers:
+        if self.settings.mode == "pub":
+            options.update({zmq.SNDHWM: self.settings.hwm, zmq.XPUB_NODROP: 1})
+            if self.settings.wait_subscribers:
                 # without VERBOSE libzmq passes on only the first subscription to a prefix, so two
                 # clients subscribing to "" (the client's default) would count as one and open()
                 # would wait its whole timeout; switched off again once the wait is over
                 options[zmq.XPUB_VERBOSE] = 1
             kind = zmq.XPUB
         else:
-            options[zmq.SNDHWM] = self.hwm
+            options[zmq.SNDHWM] = self.settings.hwm
             kind = zmq.PUSH
         try:
-            sock = bind_socket(self._ctx, kind, self.endpoint, "sinks.zmq.endpoint", DEFAULT_ENDPOINT, options)
+            sock = bind_socket(self._ctx, kind, self.settings.endpoint, "sinks.zmq.endpoint", DEFAULT_ENDPOINT, options)
         except BaseException:
             self._stop_auth()
             raise
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
-        if not is_local(self.endpoint):
+        if not is_local(self.settings.endpoint):
             _logger.warning(
                 "zmq: results are published on %s, reachable from other machines%s",
                 self.bound_endpoint,
-                "" if self.curve_secret_key else " and unencrypted (set sinks.zmq.curve.secret_key to encrypt)",
+                ""
+                if self.settings.curve.secret_key
+                else " and unencrypted (set sinks.zmq.curve.secret_key to encrypt)",
             )
         self._opened = self._next_beat = time.monotonic()
-        if self.wait_subscribers:
+        if self.settings.wait_subscribers:
             self._await_subscribers()
 
     def _await_subscribers(self) -> None:
         """Wait (at most ``wait_timeout_s``) until ``wait_subscribers`` subscriptions have arrived."""
         assert self._sock is not None
-        deadline = time.monotonic() + self.wait_timeout_s
+        deadline = time.monotonic() + self.settings.wait_timeout_s
         seen = 0
         try:
-            while seen < self.wait_subscribers:
+            while seen < self.settings.wait_subscribers:
                 left_ms = int((deadline - time.monotonic()) * 1000)
                 if left_ms <= 0 or not self._sock.poll(left_ms, zmq.POLLIN):
                     _logger.warning(
                         "zmq: %d of %d subscriptions after %.1f s; starting anyway",
                         seen,
-                        self.wait_subscribers,
-                        self.wait_timeout_s,
+                        self.settings.wait_subscribers,
+                        self.settings.wait_timeout_s,
                     )
                     return
                 msg = self._sock.recv()
@@ -187,7 +180,7 @@ class ZmqSink(Sink):
                 self.sent += 1
                 return True
             except zmq.Again:
-                if self.mode == "pub" or not reliable or self.context.abort.is_set():
+                if self.settings.mode == "pub" or not reliable or self.context.abort.is_set():
                     self.dropped += 1
                     return False
                 self._sock.poll(_POLL_MS, zmq.POLLOUT)  # PUSH: wait for a peer with room (backpressure)
@@ -209,7 +202,7 @@ class ZmqSink(Sink):
             if r.mask is None:
                 self._send(f"{r.task}/{r.source_id}", header)
                 continue
-            header["mask"], payload = encode_mask(r.mask, self.mask_encoding)
+            header["mask"], payload = encode_mask(r.mask, self.settings.mask_encoding)
             self._send(f"{r.task}/{r.source_id}", header, payload)
 
     def end_of_stream(self, eos: EndOfStream) -> None:
@@ -222,14 +215,14 @@ class ZmqSink(Sink):
         self._send(f"status/{event.source_id}", {"schema": SCHEMA_VERSION, **event.to_json()})
 
     def tick(self) -> None:
-        if self._sock is not None and self.mode == "pub":
+        if self._sock is not None and self.settings.mode == "pub":
             self._drain_subscriptions()
-        if self._sock is None or not self.heartbeat_s:
+        if self._sock is None or not self.settings.heartbeat_s:
             return
         now = time.monotonic()
         if now < self._next_beat:
             return
-        self._next_beat = now + self.heartbeat_s
+        self._next_beat = now + self.settings.heartbeat_s
         at_ns = time.time_ns()
         for src in self.context.sources():
             sid = src.source_id
@@ -268,7 +261,7 @@ class ZmqSink(Sink):
     def stats(self) -> dict[str, Any]:
         return {
             "endpoint": self.bound_endpoint,
-            "mode": self.mode,
+            "mode": self.settings.mode,
             "sent": self.sent,
             "dropped": self.dropped,
             "heartbeats": self.heartbeats,

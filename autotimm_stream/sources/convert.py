@@ -1,11 +1,9 @@
 """Decoded video frame -> uint8 RGB array, as cheaply as correctness allows.
 
-FFmpeg's swscale converts 720p yuv420p to RGB in ~2 core-ms; OpenCV's SIMD ``cvtColor`` does the
-same BT.601 limited-range conversion in ~0.5 core-ms (within 3 grey levels of swscale, mean ~1).
-On a 2-core machine that difference is ~3 % of a resnet18's throughput, so frames that are plain
-BT.601 (or unflagged, which FFmpeg also treats as BT.601) limited-range yuv420p take the OpenCV
-path; everything else (BT.709, full range, other pixel formats) goes through swscale, which
-honours the frame's colour metadata.
+Plain BT.601 (or unflagged, which FFmpeg also treats as BT.601) limited-range yuv420p frames go
+through OpenCV's SIMD ``cvtColor``, about 4x cheaper than FFmpeg's swscale and within 3 grey
+levels of it; everything else (BT.709, full range, other pixel formats) goes through swscale,
+which honours the frame's colour metadata (benchmarks/README.md).
 """
 
 from __future__ import annotations

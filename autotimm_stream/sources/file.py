@@ -49,7 +49,7 @@ def probe_video(path: str, source_id: str = "probe") -> SourceInfo:
 def _describe(stream: av.video.stream.VideoStream) -> SourceInfo:
     rate = stream.average_rate or stream.guessed_rate
     frames = stream.frames or None
-    if frames is None and stream.duration is not None and rate:
+    if frames is None and stream.duration is not None and stream.time_base is not None and rate:
         frames = int(round(float(stream.duration * stream.time_base) * float(rate)))
     return SourceInfo(
         width=stream.codec_context.width,

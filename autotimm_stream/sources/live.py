@@ -147,14 +147,8 @@ class LiveSource(Source):
         seed: int | None = None,
     ):
         super().__init__(source_id, buffer)
-        o = options or LiveOptions()
         self.spec = spec
-        self.reconnect = o.reconnect
-        self.open_timeout_s = o.open_timeout_s
-        self.stall_frames = o.stall_frames
-        self.min_stall_s = o.min_stall_s
-        self.skip_until_keyframe = o.skip_until_keyframe
-        self.decode_threads = o.decode_threads
+        self.options = options or LiveOptions()
         self.reconnects = 0  # sessions lost after they ran
         self.failed_attempts = 0  # connection attempts that failed, in total
         self.sessions = 0
@@ -183,11 +177,11 @@ class LiveSource(Source):
 
     def stop_wait_s(self) -> float:
         """The longest a stop can wait for FFmpeg to give up an open or a read (see the module docstring)."""
-        return max(self.open_timeout_s, self.stall_timeout_s(), self._read_timeout_s) + 1.0
+        return max(self.options.open_timeout_s, self.stall_timeout_s(), self._read_timeout_s) + 1.0
 
     def stall_timeout_s(self) -> float:
         """No frame for this long forces a reconnect: ``stall_frames`` intervals, at least ``min_stall_s``."""
-        return max(self.min_stall_s, self.stall_frames / (self._fps or 25.0))
+        return max(self.options.min_stall_s, self.options.stall_frames / (self._fps or 25.0))
 
     # -- the state machine ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -227,7 +221,7 @@ class LiveSource(Source):
 
     def _backoff(self, attempt: int, reason: str) -> bool:
         """Wait before the next attempt; False when halted or out of attempts (then FAILED)."""
-        limit = self.reconnect.max_attempts
+        limit = self.options.reconnect.max_attempts
         if limit is not None and attempt >= limit:
             self.error = SourceError(
                 f"source {self.source_id!r}: gave up after {attempt} failed attempts in a row to get frames "
@@ -236,7 +230,7 @@ class LiveSource(Source):
             )
             self._set_state(SourceState.FAILED, reason, attempt=attempt)
             return False
-        delay = self.reconnect.delay(attempt, self._rng)
+        delay = self.options.reconnect.delay(attempt, self._rng)
         self._set_state(SourceState.RECONNECTING, reason, attempt=attempt, retry_in_s=delay)
         return not self.halted.wait(delay)
 
@@ -249,7 +243,7 @@ class LiveSource(Source):
                 spec.url,
                 format=spec.format,
                 options=dict(spec.options),
-                timeout=(self.open_timeout_s * _FFMPEG_TIMEOUT_SHARE, read_s),
+                timeout=(self.options.open_timeout_s * _FFMPEG_TIMEOUT_SHARE, read_s),
             )
         except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
             raise _Disconnect(f"cannot open: {self._safe(exc)}") from None
@@ -266,8 +260,8 @@ class LiveSource(Source):
         """Decode one session into the buffer; returns why it ended (or "" when halted)."""
         stream = container.streams.video[0]
         ctx = stream.codec_context
-        ctx.thread_count = self.decode_threads
-        if self.decode_threads != 1:
+        ctx.thread_count = self.options.decode_threads
+        if self.options.decode_threads != 1:
             stream.thread_type = "SLICE"  # frame threading would delay every frame by N frames
         rate = stream.average_rate or stream.guessed_rate
         if rate and 1 <= float(rate) <= 240:
@@ -280,7 +274,7 @@ class LiveSource(Source):
         # again, and what follows is whole, so it is not flagged unless frames are really missing
         resume = None if self.spec.live else self._delivered_at
         pending = FrameFlags.AFTER_GAP if self.sessions > 1 and resume is None else FrameFlags.NONE
-        wait_key = self.skip_until_keyframe and self.sessions > 1 and resume is None
+        wait_key = self.options.skip_until_keyframe and self.sessions > 1 and resume is None
         last_frame = time.monotonic()
         stall_s = self.stall_timeout_s()
         try:
@@ -300,10 +294,12 @@ class LiveSource(Source):
                 except av.error.FFmpegError as exc:
                     self.buffer.drop("decode_error")
                     pending |= FrameFlags.CORRUPT | FrameFlags.AFTER_GAP
-                    wait_key = wait_key or self.skip_until_keyframe
+                    wait_key = wait_key or self.options.skip_until_keyframe
                     _logger.debug("source %s: undecodable packet (%s)", self.source_id, self._safe(exc))
                     continue
                 for vf in decoded:
+                    if not isinstance(vf, av.VideoFrame):  # a video packet decodes to video frames
+                        continue
                     last_frame = time.monotonic()
                     if self.state is not SourceState.RUNNING:
                         self._on_running(vf)
@@ -313,7 +309,7 @@ class LiveSource(Source):
                     flags, pending = pending, FrameFlags.NONE
                     if vf.is_corrupt:
                         flags |= FrameFlags.CORRUPT
-                        wait_key = wait_key or self.skip_until_keyframe
+                        wait_key = wait_key or self.options.skip_until_keyframe
                     if wait_key and not vf.key_frame:
                         self.frames_decoded += 1  # its index stays taken: the gap shows
                         self.buffer.drop("until_keyframe")

@@ -173,7 +173,8 @@ class Corrupter:
         mangled = corrupt(rtp, self.rng, self.mode, self.slices)
         if mangled is None:
             return None
-        self.slices += locate_slice(rtp)[0] is not None
+        where = locate_slice(rtp)
+        self.slices += where is not None and where[0] is not None
         out = Gst.Buffer.new_wrapped(mangled)
         out.pts, out.dts, out.duration = buf.pts, buf.dts, buf.duration
         out.offset, out.offset_end = buf.offset, buf.offset_end

@@ -78,7 +78,9 @@ def interval(st: StreamTotals) -> float:
     return span / n if span > 0 and n > 0 else 0.0
 
 
-def rates(rows: list[tuple[float, Bucket]], w: float, span: tuple[float, float]) -> tuple[np.ndarray, ...]:
+def rates(
+    rows: list[tuple[float, Bucket]], w: float, span: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts = np.array([s for s, _ in rows], dtype=np.float64)
     dur = np.minimum(starts + w, span[1]) - np.maximum(starts, span[0])
     ok = dur >= 0.5 * w - 1e-9

@@ -7,6 +7,7 @@ without it: :func:`write_plots` then raises ``ImportError`` before it writes any
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,8 +61,12 @@ def write_plots(
         "drops": _drops_figure(rows, rates, mid, colour, drops),
     }
     for key, fig in figs.items():
-        write_atomic(os.path.join(out, REPORT_FILES[key]), lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        write_atomic(os.path.join(out, REPORT_FILES[key]), functools.partial(_save_png, fig))
     return {k: REPORT_FILES[k] for k in figs}
+
+
+def _save_png(fig: Any, path: str) -> None:
+    fig.savefig(path, format="png")
 
 
 def _figure(h: float, **space: float) -> Any:  # fixed margins: a layout engine draws everything twice
@@ -125,7 +130,7 @@ def _outputs_figure(
         if labels:
             ax.legend(fontsize="x-small", loc="upper right", ncols=3)
     ax.set_xlabel(_X_LABEL)
-    fig.suptitle(f"{task}: {OUTPUT_UNITS.get(task, 'per frame')}")
+    fig.suptitle(f"{task}: {OUTPUT_UNITS[task] if task else 'per frame'}")
     return fig
 
 

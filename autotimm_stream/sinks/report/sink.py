@@ -22,7 +22,6 @@ import os
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +93,7 @@ class ReportSink(Sink):
         self._lock = threading.Lock()
         self._streams: dict[str, StreamTotals] = {}
         self._samples: list[float] = []
-        self._labels: Counter[str] = Counter()
+        self._labels: dict[str, float] = {}  # class -> summed value (objects, hits, pixel shares)
         self._full = False  # MAX_SOURCES reached
         self._t0: float | None = None
         self._wall0_ns = 0
@@ -162,7 +161,7 @@ class ReportSink(Sink):
         for label, value in _outputs(r):
             b.add_output(label, value)
             key = label if label in self._labels or len(self._labels) < MAX_LABELS else OTHER
-            self._labels[key] += value
+            self._labels[key] = self._labels.get(key, 0.0) + value
         self.frames += 1
         if len(self._samples) < self._reservoir:  # Algorithm R: a uniform sample of the whole run
             self._samples.append(ms)
@@ -253,7 +252,8 @@ class ReportSink(Sink):
 
     def _top_labels(self) -> list[str]:
         skip = {OTHER.lower(), "background"} if self.task is Task.SEGMENTATION else {OTHER.lower()}
-        return [k for k, _ in self._labels.most_common() if k.lower() not in skip][:_PLOT_LABELS]
+        ranked = sorted(self._labels.items(), key=lambda kv: -kv[1])  # stable: ties keep first-seen order
+        return [k for k, _ in ranked if k.lower() not in skip][:_PLOT_LABELS]
 
     def _markdown(
         self,

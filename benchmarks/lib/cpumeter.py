@@ -1,5 +1,9 @@
-"""How busy the machine was during a measurement. Standard library only: the Roboflow worker,
-which runs in its own venv without autotimm_stream, imports it too."""
+"""How busy the machine was during a measurement.
+
+Standard library only, and no import of its own package: ``roboflow_worker.py``, a script run by
+path with the Roboflow venv's python (no autotimm_stream there), imports this file as a top-level
+module (``from cpumeter import CpuMeter``: the script's folder is its ``sys.path[0]``), while the
+rest of ``lib`` imports it as ``lib.cpumeter``."""
 
 from __future__ import annotations
 

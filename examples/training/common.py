@@ -3,7 +3,8 @@
 cached network inputs, the engine-side checks, and, for the two AutoTimm (Lightning) scripts, the
 training loop, checkpoint loading, command line and report pieces.
 
-Not a script: the three import it from this folder (each puts it on ``sys.path``). What differs
+Not a script: the three import it as ``common`` (a script's own folder is ``sys.path[0]`` when it
+runs, as in ``python examples/training/train_demo_detector.py``). What differs
 between them (seeds, image size, steps, learning rate, the model, its metrics) stays in each script.
 """
 
@@ -30,7 +31,7 @@ from autotimm_stream.synthetic import ShapeScene, write_clip
 
 T = TypeVar("T")
 
-# The demo clips (keep in step with autotimm_stream.demo): never trained on, only measured.
+# The demo clips (keep in step with autotimm_stream.app.demo): never trained on, only measured.
 DEMO_CLIP = {"frames": 250, "width": 640, "height": 360, "fps": 25}
 HELDOUT_SEEDS = range(100, 130)  # 30 held-out scenes
 TRAIN_SEED_STRIDE = 1_000_000  # per --seed, so different runs draw different training scenes

@@ -1,14 +1,17 @@
 """Runs inside the Roboflow venv: an autotimm-stream bundle through Roboflow's InferencePipeline.
 
-Started by ``benchmarks/roboflow.py`` with the venv's own python; it imports neither
-autotimm_stream nor anything else from this repository (the venv holds only Roboflow's
-``inference`` and torch). The bundle's metadata is read straight from the TorchScript archive
-(``_extra_files["autotimm_stream.json"]``).
+A standalone script, not a module of ``lib``: ``lib/roboflow.py`` runs it by path with the Roboflow
+venv's own python (``<venv>/bin/python benchmarks/lib/roboflow_worker.py --clip ... --bundle ...
+--result ...``). That venv holds only Roboflow's ``inference`` and torch, so it imports neither
+autotimm_stream nor the ``lib`` package: besides the standard library, torch, numpy, cv2 and
+``inference``, only ``cpumeter.py``, its sibling file (standard library only), as a top-level module
+(run by path, the script's folder is its ``sys.path[0]``). Keep it that way. The bundle's metadata
+is read straight from the TorchScript archive (``_extra_files["autotimm_stream.json"]``).
 
 What runs per frame mirrors what the engine does for a classification bundle:
 cv2 decode (Roboflow's video source) -> BGR->RGB -> the engine's preprocessing (uint8
 antialiased resize + centre crop, normalise; the same torch calls as
-``autotimm_stream.preprocess``) -> forward under ``torch.inference_mode`` on the frozen,
+``autotimm_stream.runtime.preprocess``) -> forward under ``torch.inference_mode`` on the frozen,
 inference-optimised TorchScript module (as the engine's ``ModelRunner`` loads it) -> softmax
 top-K -> one JSON line per frame written to a JSONL file.
 
@@ -29,7 +32,7 @@ import traceback
 import warnings
 from typing import Any
 
-from cpumeter import CpuMeter  # run as a script: benchmarks/ is on sys.path
+from cpumeter import CpuMeter  # the sibling file, not lib.cpumeter: run by path, this folder is sys.path[0]
 
 META_FILE = "autotimm_stream.json"
 
@@ -48,7 +51,7 @@ def log(msg: str) -> None:
     print(f"[roboflow-worker] {msg}", file=sys.stderr, flush=True)
 
 
-# -- the engine's preprocessing, restated (autotimm_stream/preprocess.py) -------------------------
+# -- the engine's preprocessing, restated (autotimm_stream/runtime/preprocess.py) ------------------
 def plan(src_h: int, src_w: int, meta: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """(resized (h, w), crop (top, left), pad (top, left)) for a src_h x src_w frame."""
     out_h, out_w = meta["input_size"]
@@ -148,7 +151,7 @@ def load_bundle(path: str, optimize: bool) -> tuple[Any, dict[str, Any]]:
     return module, meta
 
 
-# -- the run --------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="autotimm-stream bundle through Roboflow InferencePipeline")
     p.add_argument("--clip", required=True)

@@ -1,24 +1,26 @@
 """Live RTSP streams against a model slower than their sum: bounded latency, drops, capacity.
 
-Real RTSP streams (``tests/rtsp.py``: GStreamer's gst-rtsp-server under ``/usr/bin/python3``, a
-moving-ball test pattern encoded live with x264 ``ultrafast``/``zerolatency``, default 640x360 at
-25 fps, one server process per stream, all on 127.0.0.1) feed the real engine
+Real RTSP streams (:mod:`autotimm_stream.testing.rtsp`: GStreamer's gst-rtsp-server under
+``/usr/bin/python3``, a moving-ball test pattern encoded live with x264 ``ultrafast``/``zerolatency``,
+default 640x360 at 25 fps, one server process per stream, all on 127.0.0.1) feed the real engine
 (:func:`build_pipeline` on a validated config): ``rtsp`` sources over TCP with ``policy: latest``,
 ``buffer_size: 4``, ``max_staleness_ms: 500``; ``max_batch: 8``, ``max_wait_ms: 20``,
-``max_frames_per_source: 2``; the ZMQ sink on a free 127.0.0.1 port with one subscriber (this
-script, on its own thread), JSONL and video sinks off. The model is a ``resnet18`` bundle at 224
-with 1000 classes and random weights (speed does not depend on them), cached in ``--out``.
+``max_frames_per_source: 2``; the ZMQ sink on a free 127.0.0.1 port with one subscriber (the
+benchmark, on its own thread), JSONL and video sinks off. The model is a ``resnet18`` bundle at 224
+with 1000 classes and random weights (speed does not depend on them).
 
-One run measures, in this order:
+The building blocks (:func:`run_live`, :func:`sweep`, :func:`model_only_fps`, :class:`ServerPool`)
+serve the suite's live sections (``live_sections.py``). :func:`overload_and_sweeps` is the
+single-purpose measurement ``--only overload,sweep``, in this order:
 
 1. **model-only fps** at batch 8: ``runner.forward(x)`` on a fresh :class:`ModelRunner`, on a
    separate thread (as the engine's ``worker-infer`` thread calls it), frames preprocessed
    beforehand; median of 3 rounds. Batches of 1, 2 and 4 are timed too, interleaved with those
    rounds (with ``max_frames_per_source: 2``, N streams never fill more than 2N slots of a batch).
    Measured again, batch 8 only, after the live runs: the machine's speed drifts.
-2. **overload**: N streams (default ``ceil(1.5 * model_fps / stream_fps) + 1``, at least 2), so
-   the model is clearly slower than their sum. The clock starts when every source is RUNNING
-   and runs for ``--seconds``. Per stream: fps in (``frames_decoded`` / seconds), fps out
+2. **overload** (``overload``): N streams (default ``ceil(1.5 * model_fps / stream_fps) + 1``, at
+   least 2), so the model is clearly slower than their sum. The clock starts when every source is
+   RUNNING and runs for ``seconds``. Per stream: fps in (``frames_decoded`` / seconds), fps out
    (results / seconds), drops by reason, all as differences of the pipeline summary taken at
    the start and end of that interval. Latency is the published ``latency_ms`` of every result
    received in the interval (capture = the frame leaving the decoder, to publish on ZMQ):
@@ -30,9 +32,9 @@ One run measures, in this order:
    units, last-window p95 <= 1.5 x first-window p95 and the fitted growth of the per-window p50
    over the run <= half their median. The mean of each header stage is reported too, with
    ``not_in_timings`` = latency minus the stages the header lists after capture.
-3. **capacity sweep**, for each rate in ``--stream-fps``: the largest N of streams that the
-   engine sustains with < 1 % drops (drops / frames decoded over ``--sweep-seconds`` after a
-   ``--sweep-warmup`` once every source is RUNNING). N starts at half the theoretical limit
+3. **capacity sweep** (``sweep``), for each stream rate: the largest N of streams that the
+   engine sustains with < 1 % drops (drops / frames decoded over ``sweep_seconds`` after a
+   ``sweep_warmup`` once every source is RUNNING). N starts at half the theoretical limit
    ``model_fps / stream_fps`` (at least 1) and goes up until a step fails, or down until one
    passes. A failing step is run a second time before it counts (one noisy window must not
    decide), and a third time when a failed try shared the machine with other work (other
@@ -44,27 +46,21 @@ does decoding: the figures are what the engine gets on this machine with the cam
 which is less than the model alone would allow. Each measurement records the cores used by this
 process, by the RTSP servers and by everything else (``/proc``), and the load average.
 
-Everything is written to ``<out>/live.json``; a Markdown table is printed. Needs
-``/usr/bin/python3`` with GStreamer's RTSP server bindings (``tests/rtsp.py`` says which packages).
-
-Usage::
-
-    .venv/bin/python benchmarks/live.py                      # ~2-4 min: 40 s overload, sweep at 25 fps
-    .venv/bin/python benchmarks/live.py --quick              # ~1-2 min: 15 s overload, 8 s sweep steps
-    .venv/bin/python benchmarks/live.py --stream-fps 25 10   # overload at 25 fps, sweeps at 25 and 10 fps
+Everything goes to ``<out>/live.json``; Markdown tables are printed. Needs ``/usr/bin/python3``
+with GStreamer's RTSP server bindings (``autotimm_stream.testing.rtsp.rtsp_missing()`` says which
+packages are missing).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import statistics
-import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +68,14 @@ import numpy as np
 import torch
 import zmq
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tests.rtsp (the RTSP server) and benchmarks.throughput (shared helpers)
-    sys.path.insert(0, str(REPO))
+from autotimm_stream.app import build_pipeline
+from autotimm_stream.config import validate_config
+from autotimm_stream.runtime.runner import ModelRunner
+from autotimm_stream.testing.rtsp import RtspServer, free_port
 
-from tests.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing  # noqa: E402
-
-from autotimm_stream.app import build_pipeline  # noqa: E402
-from autotimm_stream.config import validate_config  # noqa: E402
-from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
-from benchmarks.throughput import CpuMeter, ensure_bundle, machine_info, setup_logging, write_report  # noqa: E402
+from .common import machine_info, write_report
+from .cpumeter import CpuMeter
+from .inputs import ensure_bundle
 
 _logger = logging.getLogger("benchmarks.live")
 
@@ -101,7 +95,7 @@ HIST_MS = 30_000  # the soak's latency histogram: 1-ms bins up to 30 s (later re
 BATCHING = {"max_batch": BATCH, "max_wait_ms": 20, "max_frames_per_source": 2}
 
 
-# -- model only ---------------------------------------------------------------------------------
+# -- model only ------------------------------------------------------------------------------------
 def model_only_fps(
     bundle: Path, width: int, height: int, seconds: float, rounds: int = 3, other_batches: tuple[int, ...] = ()
 ) -> dict[str, Any]:
@@ -153,7 +147,7 @@ def model_only_fps(
     return box["result"]
 
 
-# -- RTSP servers -------------------------------------------------------------------------------
+# -- RTSP servers ----------------------------------------------------------------------------------
 def _proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (0 when it is gone)."""
     try:
@@ -191,7 +185,7 @@ class ServerPool:
         self._servers.clear()
 
 
-# -- results from ZMQ ---------------------------------------------------------------------------
+# -- results from ZMQ ------------------------------------------------------------------------------
 class Collector:
     """A SUB socket on its own thread keeping what the benchmark needs from every result header.
 
@@ -252,7 +246,7 @@ class Collector:
         self._sock.close(0)
 
 
-# -- one live run -------------------------------------------------------------------------------
+# -- one live run ----------------------------------------------------------------------------------
 def engine_config(urls: list[str], bundle: Path, endpoint: str, out_dir: Path) -> dict[str, Any]:
     return {
         "sources": [{"id": f"s{i}", "type": "rtsp", "uri": u, **SOURCE_DEFAULTS} for i, u in enumerate(urls)],
@@ -502,11 +496,45 @@ def _sum_drops(streams: Any) -> dict[str, int]:
     return total
 
 
-# -- capacity sweep -----------------------------------------------------------------------------
-def sweep(pool: ServerPool, bundle: Path, out: Path, fps: int, model_fps: float, args: argparse.Namespace) -> dict:
-    """Largest N of ``fps`` streams with < ``DROP_LIMIT`` drops; every try is kept."""
+# -- capacity sweep --------------------------------------------------------------------------------
+def try_record(n: int, k: int, r: dict[str, Any]) -> dict[str, Any]:
+    """One capacity try (a :func:`run_live` result): passes with < ``DROP_LIMIT`` drops and no stream
+    that reconnected or left RUNNING."""
+    passed = r["drop_rate"] is not None and r["drop_rate"] < DROP_LIMIT
+    passed = passed and all(s["state_end"] == "running" and not s["reconnects"] for s in r["per_stream"].values())
+    return {
+        "n": n,
+        "try": k,
+        "pass": passed,
+        "drop_rate": r["drop_rate"],
+        "drops": r["drops"],
+        "fps_in": r["fps_in"],
+        "fps_out": r["fps_out"],
+        "latency_ms": r["latency"]["overall_ms"],
+        "cpu": r["cpu"],
+        "seconds": r["seconds"],
+        "disturbed": r["cpu"]["others_cores"] > DISTURBED_CORES,
+        "batch_size_mean": r["latency"]["batch_size_mean"],
+    }
+
+
+def sweep(
+    pool: ServerPool,
+    bundle: Path,
+    out: Path,
+    fps: int,
+    model_fps: float,
+    seconds: float,
+    warmup: float,
+    start: int | None = None,
+) -> dict[str, Any]:
+    """Largest N of ``fps`` streams with < ``DROP_LIMIT`` drops; every try is kept.
+
+    Each try measures ``seconds`` after ``warmup`` once every source is RUNNING; N starts at
+    ``start`` (default: half the limit ``model_fps / fps``, at least 1).
+    """
     limit = model_fps / fps
-    start = args.sweep_start or max(1, math.floor(limit / 2))
+    start = start or max(1, math.floor(limit / 2))
     tries: list[dict[str, Any]] = []
 
     def attempt(n: int) -> bool:
@@ -516,25 +544,9 @@ def sweep(pool: ServerPool, bundle: Path, out: Path, fps: int, model_fps: float,
             if k == 3 and not any(t["disturbed"] for t in tries if t["n"] == n):
                 break
             _logger.info("sweep %d fps: N=%d (try %d)", fps, n, k)
-            r = run_live(pool.get(n, fps), bundle, out / "live_run", args.sweep_seconds, args.sweep_warmup)
-            ok = r["drop_rate"] is not None and r["drop_rate"] < DROP_LIMIT
-            ok = ok and all(s["state_end"] == "running" and not s["reconnects"] for s in r["per_stream"].values())
-            tries.append(
-                {
-                    "n": n,
-                    "try": k,
-                    "pass": ok,
-                    "drop_rate": r["drop_rate"],
-                    "drops": r["drops"],
-                    "fps_in": r["fps_in"],
-                    "fps_out": r["fps_out"],
-                    "latency_ms": r["latency"]["overall_ms"],
-                    "cpu": r["cpu"],
-                    "seconds": r["seconds"],
-                    "disturbed": r["cpu"]["others_cores"] > DISTURBED_CORES,
-                    "batch_size_mean": r["latency"]["batch_size_mean"],
-                }
-            )
+            r = run_live(pool.get(n, fps), bundle, out / "live_run", seconds, warmup)
+            tries.append(try_record(n, k, r))
+            passed = tries[-1]["pass"]
             _logger.info(
                 "sweep %d fps: N=%d drops %.2f %% (%s), fps in %.1f out %.1f, latency p95 %.0f ms -> %s",
                 fps,
@@ -544,11 +556,11 @@ def sweep(pool: ServerPool, bundle: Path, out: Path, fps: int, model_fps: float,
                 r["fps_in"],
                 r["fps_out"],
                 r["latency"]["overall_ms"]["p95"],
-                "pass" if ok else "fail",
+                "pass" if passed else "fail",
             )
-            if ok:
+            if passed:
                 break
-        return ok
+        return passed
 
     n = start
     if attempt(n):
@@ -570,7 +582,7 @@ def sweep(pool: ServerPool, bundle: Path, out: Path, fps: int, model_fps: float,
     }
 
 
-# -- reporting ----------------------------------------------------------------------------------
+# -- reporting -------------------------------------------------------------------------------------
 def print_report(report: dict[str, Any]) -> None:
     """Markdown tables on stdout."""
     m, p, r = report["machine"], report["params"], report["results"]
@@ -657,75 +669,55 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"wall time {report['wall_s']:.0f} s; written: {report['json_path']}")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--quick", action="store_true", help="shorter: 15 s overload, 8 s sweep steps")
-    p.add_argument("--out", default="bench_out", help="cache and output folder (default bench_out)")
-    p.add_argument("--streams", type=int, default=None, help="overload streams (default ceil(1.5 fps ratio) + 1)")
-    p.add_argument("--seconds", type=float, default=None, help="overload measurement (default 40, quick 15)")
-    p.add_argument(
-        "--stream-fps",
-        type=int,
-        nargs="+",
-        default=[25],
-        help="stream frame rate(s): the first for the overload, a capacity sweep for each (default 25)",
-    )
-    p.add_argument("--width", type=int, default=640, help="stream width (default 640)")
-    p.add_argument("--height", type=int, default=360, help="stream height (default 360)")
-    p.add_argument("--model", default="resnet18", help="timm model name (default resnet18)")
-    p.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
-    p.add_argument("--sweep-seconds", type=float, default=None, help="measured window per sweep step (15, quick 8)")
-    p.add_argument("--sweep-warmup", type=float, default=None, help="settling time per sweep step (3, quick 2)")
-    p.add_argument("--sweep-start", type=int, default=None, help="first N of the sweep (default: half the limit)")
-    p.add_argument("--no-sweep", action="store_true", help="overload scenario only")
-    p.add_argument("--no-overload", action="store_true", help="capacity sweep only")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = p.parse_args(argv)
-    args.seconds = args.seconds or (15.0 if args.quick else 40.0)
-    args.sweep_seconds = args.sweep_seconds or (8.0 if args.quick else 15.0)
-    args.sweep_warmup = args.sweep_warmup if args.sweep_warmup is not None else (2.0 if args.quick else 3.0)
-    for name in ("width", "height", "image_size", "seconds", "sweep_seconds"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0")
-    if args.streams is not None and args.streams < 1 or args.sweep_start is not None and args.sweep_start < 1:
-        p.error("--streams and --sweep-start must be >= 1")
-    if any(f < 1 or f > 120 for f in args.stream_fps):
-        p.error("--stream-fps values must be in 1..120")
-    if args.width % 2 or args.height % 2:
-        p.error("--width and --height must be even (H.264 4:2:0)")
-    return args
+# -- overload and sweeps (--only overload,sweep) ---------------------------------------------------
+@dataclass(frozen=True)
+class OverloadPlan:
+    """What one ``--only overload,sweep`` run does (the suite fills it from ``--quick``/``--full``)."""
+
+    overload: bool = True  # the overload scenario
+    sweeps: bool = True  # a capacity sweep for each rate of ``stream_fps``
+    stream_fps: tuple[int, ...] = (25,)  # the first: the overload's rate
+    streams: int | None = None  # overload streams (default ceil(1.5 * model_fps / stream_fps) + 1, at least 2)
+    seconds: float = 40.0  # overload measurement (quick 15)
+    sweep_seconds: float = 15.0  # measured window per sweep step (quick 8)
+    sweep_warmup: float = 3.0  # settling time per sweep step (quick 2)
+    sweep_start: int | None = None  # first N of the sweep (default: half the limit)
+    model_s: float = 6.0  # model-only measurement before and after (quick 4)
+    width: int = 640
+    height: int = 360
+    model: str = "resnet18"
+    image_size: int = 224
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every measurement, print the tables and write ``<out>/live.json``; returns the exit code."""
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    if not rtsp_available():
-        print(f"live.py needs the RTSP test server, which cannot run here: {rtsp_missing()}", file=sys.stderr)
-        return 2
+QUICK_PLAN = OverloadPlan(seconds=15.0, sweep_seconds=8.0, sweep_warmup=2.0, model_s=4.0)
+
+
+def overload_and_sweeps(plan: OverloadPlan, out: Path, cache: Path) -> dict[str, Any]:
+    """Model only, the overload scenario and the capacity sweeps of ``plan``, then model only again;
+    prints the tables, writes ``<out>/live.json`` and returns the report. The bundle is cached in
+    ``cache``. Needs the RTSP test server (the caller checks ``rtsp_missing()``)."""
     t_wall = time.monotonic()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     machine["torch_threads"] = torch.get_num_threads()
-    bundle = ensure_bundle(out, args.model, args.image_size)
-    model_s = 4.0 if args.quick else 6.0
+    bundle = ensure_bundle(cache, plan.model, plan.image_size)
+    model_s = plan.model_s
 
     _logger.info("model only, batch %d, %.0f s", BATCH, model_s)
-    before = model_only_fps(bundle, args.width, args.height, model_s, other_batches=(1, 2, 4))
+    before = model_only_fps(bundle, plan.width, plan.height, model_s, other_batches=(1, 2, 4))
     _logger.info("model only: %.1f fps (rounds %s; by batch %s)", before["fps"], before["fps_runs"],
                  before["fps_by_batch"])  # fmt: skip
     model_fps = before["fps"]
-    fps0 = args.stream_fps[0]
-    n_over = args.streams or max(2, math.ceil(1.5 * model_fps / fps0) + 1)
+    fps0 = plan.stream_fps[0]
+    n_over = plan.streams or max(2, math.ceil(1.5 * model_fps / fps0) + 1)
 
     results: dict[str, Any] = {"model_only": {"before": before}}
-    pool = ServerPool(args.width, args.height)
+    pool = ServerPool(plan.width, plan.height)
     try:
-        if not args.no_overload:
+        if plan.overload:
             _logger.info("overload: %d streams x %d fps (%d fps offered) for %.0f s", n_over, fps0, n_over * fps0,
-                         args.seconds)  # fmt: skip
-            results["overload"] = run_live(pool.get(n_over, fps0), bundle, out / "live_run", args.seconds, 0.0)
+                         plan.seconds)  # fmt: skip
+            results["overload"] = run_live(pool.get(n_over, fps0), bundle, out / "live_run", plan.seconds, 0.0)
             ov = results["overload"]
             _logger.info(
                 "overload: in %.1f fps, out %.1f fps, drops %s, latency p50/p95/p99 %s/%s/%s ms, trend %+.1f ms/min",
@@ -737,28 +729,31 @@ def main(argv: list[str] | None = None) -> int:
                 ov["latency"]["overall_ms"]["p99"],
                 ov["latency"]["slope_ms_per_min"],
             )
-        if not args.no_sweep:
-            results["sweeps"] = [sweep(pool, bundle, out, f, model_fps, args) for f in args.stream_fps]
+        if plan.sweeps:
+            results["sweeps"] = [
+                sweep(pool, bundle, out, f, model_fps, plan.sweep_seconds, plan.sweep_warmup, plan.sweep_start)
+                for f in plan.stream_fps
+            ]
     finally:
         pool.close()
 
     _logger.info("model only again, after the live runs")
-    results["model_only"]["after"] = model_only_fps(bundle, args.width, args.height, model_s)
+    results["model_only"]["after"] = model_only_fps(bundle, plan.width, plan.height, model_s)
     machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     report: dict[str, Any] = {
         "machine": machine,
         "params": {
-            "model": args.model,
-            "image_size": args.image_size,
+            "model": plan.model,
+            "image_size": plan.image_size,
             "bundle": str(bundle),
-            "width": args.width,
-            "height": args.height,
-            "stream_fps": args.stream_fps,
+            "width": plan.width,
+            "height": plan.height,
+            "stream_fps": list(plan.stream_fps),
             "overload_streams": n_over,
-            "overload_seconds": args.seconds,
-            "sweep_seconds": args.sweep_seconds,
-            "sweep_warmup_s": args.sweep_warmup,
-            "quick": args.quick,
+            "overload_seconds": plan.seconds,
+            "sweep_seconds": plan.sweep_seconds,
+            "sweep_warmup_s": plan.sweep_warmup,
+            "model_only_s": model_s,
             "source": SOURCE_DEFAULTS,
             "batching": BATCHING,
             "window_s": WINDOW_S,
@@ -769,8 +764,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(report, out / "live.json")
     print_report(report)
-    return 0
+    return report
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def overload_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What the suite's results.json keeps of an :func:`overload_and_sweeps` report (the rest is in
+    its own JSON)."""
+    r = report["results"]
+    out: dict[str, Any] = {
+        "json": report["json_path"],
+        "model_only_fps": {k: v["fps"] for k, v in r["model_only"].items()},
+    }
+    ov = r.get("overload")
+    if ov:
+        o = ov["latency"]["overall_ms"]
+        out["overload"] = {
+            "streams": ov["streams"],
+            "stream_fps": ov["stream_fps"],
+            "fps_in": ov["fps_in"],
+            "fps_out": ov["fps_out"],
+            "drop_rate": ov["drop_rate"],
+            "latency_ms": {k: o[k] for k in ("p50", "p95", "p99", "max")},
+            "bounded": ov["latency"]["bounded"],
+        }
+    if "sweeps" in r:
+        out["sweeps"] = [
+            {k: sw[k] for k in ("stream_fps", "capacity", "theoretical_limit", "capacity_over_limit")}
+            for sw in r["sweeps"]
+        ]
+    return out

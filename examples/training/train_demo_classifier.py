@@ -6,7 +6,7 @@ large circle, square or triangle moves over a textured background. This script t
 bundle the demo loads, plus a JSON report (same name, ``.json``) of how well it does on scenes it
 has never seen:
 
-    python examples/train_demo_classifier.py [--out autotimm_stream/assets/demo_classifier.pt] [--steps N] [--seed S]
+    python examples/training/train_demo_classifier.py [--out autotimm_stream/assets/demo_classifier.pt] [--steps N] [--seed S]
 
 How it works:
 
@@ -45,14 +45,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-# Run from a checkout without installing the package: put the repository root, and this folder (for
-# demo_training, what the demo training scripts share), on the path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from demo_training import (  # noqa: E402
+from autotimm_stream.export.timm import export_timm
+from autotimm_stream.runtime.preprocess import PreprocessSpec, plan
+from autotimm_stream.runtime.runner import ModelRunner
+from autotimm_stream.synthetic import SHAPES, ShapeScene
+from common import (  # this folder's shared helpers: run as a script, it is sys.path[0]
     HELDOUT_SEEDS,
     TORCH_THREADS,
     TRAIN_SEED_STRIDE,
@@ -69,17 +66,13 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.export.timm import export_timm  # noqa: E402
-from autotimm_stream.runtime.preprocess import PreprocessSpec, plan  # noqa: E402
-from autotimm_stream.runtime.runner import ModelRunner  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
-
 MODEL_NAME = "test_resnet"
 CLASS_NAMES = list(SHAPES)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "autotimm_stream" / "assets" / "demo_classifier.pt"
 
-# The demo clip's scene, as autotimm_stream.demo makes it (keep in step with DEMO_SEED and demo_config
-# there): never trained on, only measured.
+# The demo clip's scene, as autotimm_stream.app.demo makes it (keep in step with DEMO_SEED and
+# demo_config there): never trained on, only measured.
 DEMO_SEED = 7
 TRAIN_SEED_BASE = 10_000
 # One large shape a scene. Training covers landscape, square and portrait; the held-out list adds

@@ -7,7 +7,7 @@ find and name those shapes, saves a real Lightning checkpoint of it (what an Aut
 ``trainer.save_checkpoint`` writes) and a JSON report (same name, ``.json``) of how well it does on
 frames it has never seen:
 
-    python examples/train_demo_detector.py [--out-ckpt demo_out/demo_detector.ckpt] [--steps N] [--seed S]
+    python examples/training/train_demo_detector.py [--out-ckpt demo_out/demo_detector.ckpt] [--steps N] [--seed S]
 
 How it works:
 
@@ -34,7 +34,7 @@ How it works:
   DataModules do, so exporting needs no ``--image-size``. ``compile_model=False``: on the CPU
   torch.compile costs more than it saves here, so the state-dict keys are ``backbone.*`` rather
   than the ``backbone._orig_mod.*`` of a compiled model.
-- When ``autotimm_stream.runtime.checkpoint.export_checkpoint`` is there, the checkpoint is also
+- When ``autotimm_stream.export.checkpoint.export_checkpoint`` is there, the checkpoint is also
   exported to a bundle (same name, ``.pt``), its preprocessing checked against the training one,
   and the bundle evaluated through the engine (``ModelRunner`` + ``Postprocessor``).
 - Evaluation (``evaluate``) takes any ``predict_fn(frames) -> [(boxes xyxy in frame pixels, scores,
@@ -75,14 +75,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Run from a checkout without installing the package: put the repository root, and this folder (for
-# demo_training, what the demo training scripts share), on the path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from demo_training import (  # noqa: E402
+from autotimm_stream.runtime.preprocess import PreprocessSpec, plan, preprocess_batch
+from autotimm_stream.synthetic import SHAPES, ShapeScene
+from common import (  # this folder's shared helpers: run as a script, it is sys.path[0]
     HELDOUT_SEEDS,
     MULTI_SHAPE_SCENES,
     TORCH_THREADS,
@@ -108,17 +103,15 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.runtime.preprocess import PreprocessSpec, plan, preprocess_batch  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
-
 BACKBONE = "test_resnet"
 CLASS_NAMES = list(SHAPES)
 FPN_CHANNELS = 64
 HEAD_NUM_CONVS = 2
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "demo_out" / "demo_detector.ckpt"
 
-# The demo clip's scene (keep in step with autotimm_stream.demo): never trained on, only measured.
-# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): demo_training.MULTI_SHAPE_SCENES.
+# The demo clip's scene (keep in step with autotimm_stream.app.demo): never trained on, only measured.
+# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): common.MULTI_SHAPE_SCENES.
 DEMO_SEED = 7
 TRAIN_SEED_BASE = 20_000
 

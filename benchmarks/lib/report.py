@@ -1,20 +1,119 @@
-"""The suite's Markdown report (results.md / RESULTS.md) and console summary."""
+"""The suite's verdicts and its reports: targets evaluated, the Markdown report (results.md /
+RESULTS.md), the console summary, what did not run and where the time went."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import live
-from benchmarks.suite_common import CAPACITY_FPS, LATENCY_FPS, STREAM_SIZE, T_TREND_RISE, TREND_MIN_WINDOWS, ok
-from benchmarks.throughput import SPIN_WARN
+from . import live
+from .common import (
+    CAPACITY_FPS,
+    LATENCY_FPS,
+    SOAK_STREAMS,
+    STREAM_SIZE,
+    T_ENGINE_OVER_MODEL,
+    T_ENGINE_OVER_NAIVE,
+    T_ENGINE_OVER_ROBOFLOW,
+    T_RSS_GROWTH_MB,
+    T_STREAMS_OVER_LIMIT,
+    T_TREND_RISE,
+    TREND_MIN_WINDOWS,
+    ok,
+)
+from .throughput import SPIN_WARN
 
 _logger = logging.getLogger("benchmarks.suite")
 
 
-# -- reporting -----------------------------------------------------------------------------------
+# -- targets ---------------------------------------------------------------------------------------
+def _verdict(value: float | None, passed: bool | None) -> str:
+    return "n/a" if value is None or passed is None else ("pass" if passed else "miss")
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target and measurement: measured value, target, pass / miss (or why not measured)."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, where: str, value: float | None, target: str, passed: bool | None, note: str = "") -> None:
+        rows.append({"target": name, "where": where, "measured": value, "target_text": target,
+                     "result": _verdict(value, passed), "note": note})  # fmt: skip
+
+    def why(*entries: Any) -> str:
+        for e in entries:
+            if not ok(e):
+                return e.get("reason") or e.get("error", "not run") if isinstance(e, dict) else "not run"
+        return ""
+
+    for model, by_clip in results.get("throughput", {}).items():
+        for key, cell in by_clip.items():
+            where = f"{model} / {key}"
+            eng, mo, nv = cell.get("engine", {}), cell.get("model_only", {}), cell.get("naive", {})
+            if ok(eng) and ok(mo):
+                r = eng["fps"] / mo["fps"]
+                row("engine >= 0.90 x model-only", where, round(r, 3), f">= {T_ENGINE_OVER_MODEL}",
+                    r >= T_ENGINE_OVER_MODEL)  # fmt: skip
+            else:
+                row("engine >= 0.90 x model-only", where, None, f">= {T_ENGINE_OVER_MODEL}", None, why(eng, mo))
+            if ok(eng) and ok(nv):
+                r = eng["fps"] / nv["fps"]
+                row("engine >= 1.3 x naive", where, round(r, 3), f">= {T_ENGINE_OVER_NAIVE}", r >= T_ENGINE_OVER_NAIVE)
+            else:
+                row("engine >= 1.3 x naive", where, None, f">= {T_ENGINE_OVER_NAIVE}", None, why(eng, nv))
+    for key, rf in results.get("roboflow", {}).items():
+        eng = results.get("throughput", {}).get("classifier", {}).get(key, {}).get("engine", {})
+        if ok(eng) and ok(rf):
+            r = eng["fps"] / rf["fps"]
+            row("engine >= 1.5 x Roboflow", f"classifier / {key}", round(r, 3), f">= {T_ENGINE_OVER_ROBOFLOW}",
+                r >= T_ENGINE_OVER_ROBOFLOW)  # fmt: skip
+        else:
+            row("engine >= 1.5 x Roboflow", f"classifier / {key}", None, f">= {T_ENGINE_OVER_ROBOFLOW}", None,
+                why(rf, eng) if eng else "the classifier's engine run was not selected (--only)")  # fmt: skip
+    live_res = results.get("live", {})
+    lat = live_res.get("latency")
+    if lat is not None:
+        if ok(lat):
+            where = f"{lat['streams']} x {LATENCY_FPS} fps, mean batch {lat['batch_size_mean']}"
+            row("live p99 <= 1.5 x batch latency + 40 ms", where, lat["p99_ms"], f"<= {lat['p99_limit_ms']} ms",
+                lat["p99_ms"] <= lat["p99_limit_ms"], f"batch latency {lat['batch_latency_ms']} ms (the run's infer)")  # fmt: skip
+            rise = lat["trend_rise"]
+            row("live latency: no upward trend", where, rise, f"<= {T_TREND_RISE:g} (fitted rise / median)",
+                None if rise is None else rise <= T_TREND_RISE,
+                f"p50 per 5-s window in batch forward times, {lat['trend_windows']} windows; raw slope "
+                f"{lat['trend_ms_per_min']:+.1f} ms/min" + ("" if rise is not None else "; too few windows"))  # fmt: skip
+        else:
+            row("live p99 <= 1.5 x batch latency + 40 ms", "", None, "", None, why(lat))
+            row("live latency: no upward trend", "", None, "", None, why(lat))
+    cap = live_res.get("capacity")
+    if cap is not None:
+        if ok(cap):
+            r = cap["capacity_over_limit"] or 0.0
+            need = math.ceil(cap["target_streams"] - 1e-9)  # streams come whole
+            note = (
+                f"streams come whole: the smallest N >= {cap['target_streams']} is {need} = {need * CAPACITY_FPS} "
+                f"fps, more than model only's own {cap['model_fps']} fps, so passing needs the machine to be "
+                "faster during the capacity runs than while model only was timed"
+                if need > cap["theoretical_limit"]
+                else ""
+            )
+            row("streams >= 0.85 x limit", f"{CAPACITY_FPS} fps streams", cap["capacity"],
+                f">= {cap['target_streams']} (limit {cap['theoretical_limit']})", r >= T_STREAMS_OVER_LIMIT, note)  # fmt: skip
+        else:
+            row("streams >= 0.85 x limit", "", None, "", None, why(cap))
+    sk = live_res.get("soak")
+    if sk is not None:
+        if ok(sk):
+            row("RSS growth < 20 MB in the soak", f"{SOAK_STREAMS} x {CAPACITY_FPS} fps, {sk['seconds']:.0f} s",
+                sk["growth_mb"], f"< {T_RSS_GROWTH_MB:g} MB", sk["growth_mb"] < T_RSS_GROWTH_MB)  # fmt: skip
+        else:
+            row("RSS growth < 20 MB in the soak", "", None, "", None, why(sk))
+    return rows
+
+
+# -- reporting -------------------------------------------------------------------------------------
 def _f(v: Any, digits: int = 1) -> str:
     return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -72,7 +171,7 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
         lines += ["Models: " + "; ".join(
             f"**{k}**: {b['what']} ({b['mb']} MB)" if ok(b) else f"**{k}**: {_status_text(b)}" for k, b in bundles.items()
         ) + f". Engine max_batch = model-only batch: {p['batch']} for the classifier, {p['task_batch']} for the detector "
-            f"and the segmentor (as tasks.py); {p['frames']} frames per clip for the "
+            f"and the segmentor (as `--only runtimes`); {p['frames']} frames per clip for the "
             f"classifier, the detector and Roboflow, {p['seg_frames']} for the segmentor.", ""]  # fmt: skip
 
     tp = res.get("throughput", {})
@@ -109,7 +208,7 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             "Engine: file source (`block`), ZMQ + JSONL sinks. Naive: one frame at a time (classifier on the "
             "CPU: `throughput.naive_loop`; otherwise cv2 read -> `ModelRunner.preprocess` -> batch-1 forward -> "
             "`Postprocessor` -> ZMQ), on a worker thread like model only and the engine's model thread "
-            "(`--naive-main-thread`: on the main thread as throughput.py does, where torch's OpenMP threads "
+            "(`--naive-main-thread`: on the main thread as `--only paired` does, where torch's OpenMP threads "
             "spin-wait on a loaded machine and the loop can run 2-5x slower; model only is then timed there "
             "too, last column). Quick mode runs few frames: the ratios are rough, `--full` is the measurement."
         )
@@ -137,7 +236,7 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             lines.append(
                 f"- {key} clip: {rf['fps']} fps over {rf['frames']} frames (batch {rf.get('batch')}, inference "
                 f"{rf.get('inference_version')}, torch {rf.get('torch_version')}, {rf.get('torch_threads')} threads, "
-                f"dropped {rf.get('dropped')}), via `benchmarks/roboflow.py`: " + "; ".join(rf.get("notes", []))
+                f"dropped {rf.get('dropped')}), via `benchmarks/lib/roboflow.py`: " + "; ".join(rf.get("notes", []))
             )
         lines.append("")
     live_res = res.get("live", {})
@@ -160,7 +259,7 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             + ". Trend: "
             f"p50 per window in batch forward times rises by {_f(lat['trend_rise'], 3)} of its median over the run "
             f"(fitted; limit {T_TREND_RISE:g}); raw: {lat['trend_ms_per_min']:+.1f} ms/min, "
-            f"{lat['trend_growth_ms']:+.1f} ms over the run; live.py's own verdict (its rules, not a target: "
+            f"{lat['trend_growth_ms']:+.1f} ms over the run; `lib/live.py`'s own verdict (its rules, not a target: "
             f"last-window p95 <= 1.5 x first-window p95 and fitted p50 growth <= half the median, in batch "
             f"forward times): "
             f"{'bounded' if lat['bounded_in_batches'] else 'not bounded'}.",
@@ -211,6 +310,7 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
             f"{sk['latency_ms']['p50']}/{sk['latency_ms']['p99']} ms.",
             "",
         ]
+    lines += extra_markdown(res)
     lines += [
         "## Targets",
         "",
@@ -242,6 +342,53 @@ def markdown(report: dict[str, Any], plot_ref: Callable[[str], str]) -> str:
     return "\n".join(lines)
 
 
+def extra_markdown(res: dict[str, Any]) -> list[str]:
+    """The single-purpose measurements that ran (``--only paired``, ``runtimes``, ``overload``/``sweep``):
+    their key figures and where their whole report is."""
+    lines: list[str] = []
+    pr = res.get("paired")
+    if ok(pr):
+        f, r = pr["fps"], pr["ratios"]
+        runs = r["engine_over_model_only_runs"]
+        lines.append(
+            f"- **paired** ({pr['frames']} frames, batch {pr['batch']}, {pr['repeat']} round(s)): model only "
+            f"{f['model_only']} fps (main thread {f['model_only_main_thread']}), engine {f['engine']}, engine + video "
+            f"{f['engine_video']}, naive {f['naive']}, decode only {f['decode_only']}; engine / model-only "
+            f"{r['engine_over_model_only']}"
+            + (f" (per round {', '.join(str(v) for v in runs)})" if len(runs) > 1 else "")
+            + f", engine / naive {r['engine_over_naive']}, engine + video / engine {r['engine_video_over_engine']}; "
+            f"`{pr['json']}`"
+        )
+    rt = res.get("runtimes")
+    if ok(rt):
+        for task, by_fmt in rt["results"].items():
+            lines.append(
+                f"- **runtimes**, {task}: "
+                + "; ".join(
+                    f"{name} model only {_f(v['model_only_fps'])} / engine {_f(v['engine_fps'])} fps, post "
+                    f"{_f(v['post_ms_per_frame'], 2)} ms/frame, {v['bundle_mb']} MB"
+                    for name, v in by_fmt.items()
+                )
+                + f"; `{rt['json']}`"
+            )
+    ov = res.get("overload")
+    if ok(ov):
+        mo = ov["model_only_fps"]
+        o = ov.get("overload")
+        text = f"- **live** (model only {mo.get('before')} fps before, {mo.get('after')} after)"
+        if o:
+            lat = o["latency_ms"]
+            text += (
+                f": overload {o['streams']} x {o['stream_fps']} fps, out {o['fps_out']} fps, drops "
+                f"{100 * (o['drop_rate'] or 0):.1f} %, latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms, "
+                f"{'bounded' if o['bounded'] else 'NOT bounded'}"
+            )
+        for sw in ov.get("sweeps", []):
+            text += f"; capacity at {sw['stream_fps']} fps: {sw['capacity']} streams (limit {sw['theoretical_limit']})"
+        lines.append(text + f"; `{ov['json']}`")
+    return ["## Single-purpose measurements", "", *lines, ""] if lines else []
+
+
 def section_times(report: dict[str, Any]) -> dict[str, float]:
     """Seconds spent per part of the run (each recorded measurement's own time, summed)."""
 
@@ -259,6 +406,8 @@ def section_times(report: dict[str, Any]) -> dict[str, float]:
     out["roboflow"] = total(res.get("roboflow", {}))
     for k, v in res.get("live", {}).items():
         out[f"live: {k}"] = total(v)
+    for k in ("paired", "runtimes", "overload"):
+        out[k] = total(res.get(k, {}))
     return {k: round(v, 1) for k, v in out.items() if v}
 
 

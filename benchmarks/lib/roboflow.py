@@ -3,29 +3,25 @@
 Roboflow's open-source ``inference`` package is installed into a venv of its own (created on the
 first run, reused afterwards; a stamp file records what was installed), together with the torch
 version this repository runs, so the very same bundle file loads there. A worker
-(``benchmarks/roboflow_worker.py``, run with that venv's python) drives the bundle through
-``InferencePipeline.init_with_custom_logic``: Roboflow's cv2 video source decodes the file without
-pacing (``max_fps=None``) and without dropping (``BufferFillingStrategy.WAIT`` +
-``BufferConsumptionStrategy.LAZY``), and the custom ``on_video_frame`` does what the engine does
-per frame: the engine's preprocessing, forward on the frozen TorchScript module, softmax top-K,
-and a JSON line per frame.
+(``roboflow_worker.py`` beside this file, a standalone script run by path with that venv's python)
+drives the bundle through ``InferencePipeline.init_with_custom_logic``: Roboflow's cv2 video source
+decodes the file without pacing (``max_fps=None``) and without dropping
+(``BufferFillingStrategy.WAIT`` + ``BufferConsumptionStrategy.LAZY``), and the custom
+``on_video_frame`` does what the engine does per frame: the engine's preprocessing, forward on the
+frozen TorchScript module, softmax top-K, and a JSON line per frame.
 
 Roboflow batches only across sources: one file gives ``on_video_frame`` one frame at a time.
-``--batch B`` opens the clip B times (B sources, B x the frames), so every call gets B frames.
+``RoboflowPlan.batch = B`` opens the clip B times (B sources, B x the frames), so every call gets B
+frames.
 
-If the package cannot be installed or imported, the result is
-``{"skipped": "<reason>; see <log>"}`` and the exit code is 0.
-
-Usage::
-
-    .venv/bin/python benchmarks/roboflow.py                       # generated 720p clip, resnet18 bundle
-    .venv/bin/python benchmarks/roboflow.py --clip my.mp4 --bundle model.pt --json out.json
-    .venv/bin/python benchmarks/roboflow.py --with-engine         # and the engine on the same inputs
+:func:`compare` runs it (and, with ``with_engine``, the engine on the same clip and bundle right
+after, for paired ratios); :func:`roboflow_cell` is the suite's ``roboflow`` section. If the package
+cannot be installed or imported, the result JSON is ``{"skipped": "<reason>; see <log>"}`` and
+:class:`Skipped` is raised.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import json
 import logging
@@ -36,18 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.<module>
-    from cpumeter import core_count
-except ImportError:
-    from benchmarks.cpumeter import core_count
+from .common import REPO, Skipped, median_index, write_json
+from .cpumeter import core_count
+from .inputs import clip_frames as count_frames
 
 _logger = logging.getLogger("benchmarks.roboflow")
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "roboflow_worker.py"
+WORKER = Path(__file__).resolve().parent / "roboflow_worker.py"  # run by path with the venv's python
+DEFAULT_VENV = REPO / "bench_out" / "venv-roboflow"
 STAMP = "autotimm-stream-bench.json"
 STAMP_VERSION = 1
 # The Roboflow packages tried in order; the first that installs and imports is used. 1.8.3 is the
@@ -65,7 +61,7 @@ IMPORT_CHECK = (
 )
 
 
-# -- subprocesses -------------------------------------------------------------------------------
+# -- subprocesses ----------------------------------------------------------------------------------
 def run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict[str, str] | None = None) -> tuple[int, bool]:
     """Run ``cmd`` with its output appended to ``log_path``; kill its whole process group after ``timeout``.
 
@@ -108,7 +104,7 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(t.strip() for t in text[-lines:])
 
 
-# -- the venv -----------------------------------------------------------------------------------
+# -- the venv --------------------------------------------------------------------------------------
 def torch_requirements() -> list[str]:
     """torch (and torchvision, when this environment has it) pinned to this environment's versions."""
     reqs = []
@@ -234,53 +230,12 @@ def dir_size_gb(path: Path) -> float | None:
         return None
 
 
-# -- inputs -------------------------------------------------------------------------------------
-def default_inputs(out: Path, frames: int) -> tuple[Path, Path]:
-    """throughput.py's clip (1280x720, 25 fps) and resnet18 bundle, shared through the same cache names."""
-    import torch
-
-    from autotimm_stream.export.timm import export_timm
-    from autotimm_stream.synthetic import write_clip
-
-    out.mkdir(parents=True, exist_ok=True)
-    clip = out / f"clip_1280x720_{frames}f_25fps.mp4"
-    if not (clip.is_file() and clip.stat().st_size > 0):
-        _logger.info("clip: generating %s", clip)
-        tmp = clip.with_name(clip.stem + ".partial.mp4")
-        write_clip(tmp, frames=frames, width=1280, height=720, fps=25, seed=0, dominant=True)
-        os.replace(tmp, clip)
-    bundle = out / "resnet18_224_1000c.pt"
-    if not (bundle.is_file() and bundle.stat().st_size > 0):
-        _logger.info("bundle: exporting resnet18 at 224 (1000 classes, random weights)")
-        torch.manual_seed(0)
-        tmp = bundle.with_name(bundle.stem + ".partial.pt")
-        export_timm("resnet18", tmp, [f"class_{i}" for i in range(1000)], image_size=224, top_k=5)
-        os.replace(tmp, bundle)
-    return clip, bundle
-
-
-def count_frames(clip: Path) -> int:
-    """Frames in ``clip``, decoded with PyAV (the engine's decoder)."""
-    import av
-
-    n = 0
-    with av.open(str(clip)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for _ in container.decode(stream):
-            n += 1
-    return n
-
-
 # -- the engine, for a paired ratio ----------------------------------------------------------------
 def run_engine(clip: Path, bundle: Path, batch: int, out_dir: Path, threads: int) -> dict[str, Any]:
-    """The engine on the same clip and bundle, configured as throughput.py's engine figure."""
+    """The engine on the same clip and bundle, configured as the suite's engine figure."""
     import torch
 
-    try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.roboflow
-        import throughput
-    except ImportError:
-        from benchmarks import throughput
+    from . import throughput
 
     cfg = throughput.engine_config(clip, bundle, batch, out_dir, video=False)
     cfg["sinks"]["report"] = {"enabled": False}
@@ -298,95 +253,49 @@ def run_engine(clip: Path, bundle: Path, batch: int, out_dir: Path, threads: int
     }
 
 
-# -- main -----------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--clip", help="video file (default: throughput.py's generated 720p clip in --out)")
-    p.add_argument("--bundle", help="TorchScript bundle (default: throughput.py's resnet18 bundle in --out)")
-    p.add_argument(
-        "--frames",
-        type=int,
-        default=None,
-        help="frames of the generated clip (default 300); with --clip, stop after this many (default: all)",
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=1,
-        help="Roboflow batches across sources only: open the clip this many times (default 1: one frame per call)",
-    )
-    p.add_argument("--venv", default="bench_out/venv-roboflow", help="the Roboflow venv (default %(default)s)")
-    p.add_argument("--out", default="bench_out", help="cache and output folder (default %(default)s)")
-    p.add_argument("--json", help="result file (default <out>/roboflow.json)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds for the benchmark run itself (default 900)")
-    p.add_argument("--install-timeout", type=float, default=1800, help="seconds for creating the venv (default 1800)")
-    p.add_argument(
-        "--package",
-        action="append",
-        help=f"Roboflow package spec to install (repeatable: tried in order; default {' then '.join(DEFAULT_PACKAGES)})",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (default: the core count)")
-    p.add_argument("--no-optimize", action="store_true", help="plain torch.jit.load (no freeze/optimize_for_inference)")
-    p.add_argument(
-        "--with-engine",
-        action="store_true",
-        help="also run the engine on the same clip and bundle right after (engine max_batch --engine-batch)",
-    )
-    p.add_argument("--engine-batch", type=int, default=8, help="engine max_batch for --with-engine (default 8)")
-    p.add_argument("--repeat", type=int, default=1, help="rounds (Roboflow, then engine with --with-engine); medians")
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    if args.batch < 1 or args.engine_batch < 1 or args.repeat < 1 or (args.frames is not None and args.frames < 1):
-        p.error("--batch, --engine-batch, --repeat and --frames must be >= 1")
-    return args
+# -- the comparison --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoboflowPlan:
+    """How :func:`compare` runs (the suite uses the defaults, with ``frames`` = the clip's)."""
+
+    frames: int = 0  # stop after this many frames of the clip (0: all)
+    batch: int = 1  # Roboflow batches across sources only: the clip opened this many times
+    repeat: int = 1  # rounds (Roboflow, then the engine with ``with_engine``); medians
+    with_engine: bool = False  # the engine on the same clip and bundle right after each Roboflow round
+    engine_batch: int = 8  # its max_batch
+    threads: int = 0  # torch threads in the worker (0: the core count)
+    no_optimize: bool = False  # plain torch.jit.load (no freeze/optimize_for_inference)
+    venv: Path = DEFAULT_VENV
+    packages: tuple[str, ...] = DEFAULT_PACKAGES  # tried in order
+    timeout: float = 900  # seconds for the benchmark run itself
+    install_timeout: float = 1800  # seconds for creating the venv
 
 
-def write_json(doc: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    out = Path(args.out)
+def compare(clip: Path, bundle: Path, out: Path, json_path: Path, plan: RoboflowPlan) -> dict[str, Any]:
+    """Roboflow on ``clip`` with ``bundle`` (and the engine, with ``plan.with_engine``); the result
+    document, also written to ``json_path``. Raises :class:`Skipped` when Roboflow cannot be set up,
+    RuntimeError when its worker fails (both written to ``json_path`` too)."""
+    if min(plan.batch, plan.engine_batch, plan.repeat) < 1 or plan.frames < 0:
+        raise ValueError(f"batch, engine_batch and repeat must be >= 1 and frames >= 0: {plan}")
     out.mkdir(parents=True, exist_ok=True)
-    json_path = Path(args.json) if args.json else out / "roboflow.json"
-    venv = Path(args.venv).absolute()
+    venv = Path(plan.venv).absolute()
     install_log = out / "roboflow-install.log"
-    threads = args.threads or core_count()
+    threads = plan.threads or core_count()
 
-    if args.clip or args.bundle:
-        if not (args.clip and args.bundle):
-            print("error: pass both --clip and --bundle, or neither (the generated defaults)", file=sys.stderr)
-            return 2
-        clip, bundle = Path(args.clip), Path(args.bundle)
-        for what, path in (("clip", clip), ("bundle", bundle)):
-            if not path.is_file():
-                print(f"error: {what} {path} does not exist", file=sys.stderr)
-                return 2
-    else:
-        clip, bundle = default_inputs(out, args.frames or 300)
+    for what, path in (("clip", clip), ("bundle", bundle)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist")
     clip_frames = count_frames(clip)
     if clip_frames == 0:
-        print(f"error: {clip} decodes to no frames", file=sys.stderr)
-        return 2
+        raise RuntimeError(f"{clip} decodes to no frames")
 
     t0 = time.perf_counter()
-    stamp, why = ensure_venv(venv, args.package or list(DEFAULT_PACKAGES), args.install_timeout, install_log)
+    stamp, why = ensure_venv(venv, list(plan.packages), plan.install_timeout, install_log)
     setup_s = time.perf_counter() - t0
     if stamp is None:
         reason = f"Roboflow inference could not be set up in {venv}: {why}; see {install_log}"
         write_json({"skipped": reason, "install_log": str(install_log)}, json_path)
-        print(f"SKIPPED: {reason}")
-        print(f"written: {json_path}")
-        return 0
+        raise Skipped(reason)
     venv_gb = None if stamp.get("reused") else dir_size_gb(venv)
     if venv_gb is not None:
         stamp["venv_gb"] = venv_gb
@@ -396,25 +305,24 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     worker_log = run_dir / "worker.log"
     worker_log.write_text("", encoding="utf-8")
-    cap = args.frames if args.clip and args.frames else 0
+    cap = plan.frames
     runs: list[dict[str, Any]] = []
     engine_runs: list[dict[str, Any]] = []
-    for i in range(args.repeat):
-        if args.repeat > 1:
-            _logger.info("round %d/%d", i + 1, args.repeat)
-        result, failure = run_worker(args, venv, clip, bundle, clip_frames, cap, threads, run_dir, worker_log)
+    for i in range(plan.repeat):
+        if plan.repeat > 1:
+            _logger.info("round %d/%d", i + 1, plan.repeat)
+        result, failure = run_worker(plan, venv, clip, bundle, clip_frames, cap, threads, run_dir, worker_log)
         if result is None:
-            print(f"error: {failure}\nfull log: {worker_log}", file=sys.stderr)
             write_json({"error": failure, "worker_log": str(worker_log)}, json_path)
-            return 1
+            raise RuntimeError(f"{failure}; full log: {worker_log}")
         _logger.info("roboflow: %.2f fps (%d frames, %s dropped)", result["fps"], result["frames"], result["dropped"])
         runs.append(result)
-        if args.with_engine:
-            _logger.info("engine: the same clip and bundle, max_batch %d", args.engine_batch)
-            engine_runs.append(run_engine(clip, bundle, args.engine_batch, out / "roboflow_engine", threads))
+        if plan.with_engine:
+            _logger.info("engine: the same clip and bundle, max_batch %d", plan.engine_batch)
+            engine_runs.append(run_engine(clip, bundle, plan.engine_batch, out / "roboflow_engine", threads))
             _logger.info("engine: %.2f fps", engine_runs[-1]["fps"])
 
-    mid = _median_index([r["fps"] for r in runs])
+    mid = median_index([r["fps"] for r in runs])
     result = runs[mid]
     expected = result["expected_frames"]
     dropped = result["dropped"]
@@ -422,23 +330,23 @@ def main(argv: list[str] | None = None) -> int:
         "Roboflow's video source decodes with cv2.VideoCapture (BGR, converted to RGB in on_video_frame); "
         "the engine decodes with PyAV",
         "preprocessing, forward (frozen + optimize_for_inference TorchScript"
-        + (", here disabled by --no-optimize" if args.no_optimize else "")
+        + (", here disabled by no_optimize" if plan.no_optimize else "")
         + ") and softmax top-K are the engine's own operations; each prediction is serialised to one JSON line "
         "in a JSONL file (the engine also publishes on ZMQ)",
         "max_fps=None, BufferFillingStrategy.WAIT, BufferConsumptionStrategy.LAZY: no pacing, no drops",
         "fps = frames / (last prediction - pipeline.start()); model load, warm-up and `import inference` excluded",
     ]
-    if args.batch == 1:
+    if plan.batch == 1:
         notes.append(
             "batch 1: InferencePipeline batches across sources only, so one file reaches on_video_frame one frame at a time"
         )
     else:
         notes.append(
-            f"batch {args.batch}: the clip opened as {args.batch} sources (each decoded separately); "
+            f"batch {plan.batch}: the clip opened as {plan.batch} sources (each decoded separately); "
             f"frames counts all of them (batch_collection_timeout=None)"
         )
-    if args.repeat > 1:
-        notes.append(f"{args.repeat} rounds: fps is the median round's; every round is in details.rounds")
+    if plan.repeat > 1:
+        notes.append(f"{plan.repeat} rounds: fps is the median round's; every round is in details.rounds")
     for r in runs:
         if r["dropped"]:
             notes.append(f"NOT all frames were processed in a round: {r['frames']} of {r['expected_frames']}")
@@ -456,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": result["wall_s"],
         "inference_version": result["versions"].get("inference"),
         "torch_version": result["versions"].get("torch"),
-        "batch": args.batch,
+        "batch": plan.batch,
         "dropped": dropped,
         "torch_threads": result["torch_threads"],
         "notes": notes,
@@ -479,46 +387,40 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_end": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         },
     }
-    if expected != (clip_frames if not cap else min(cap, clip_frames)) * args.batch:
+    if expected != (clip_frames if not cap else min(cap, clip_frames)) * plan.batch:
         notes.append(f"expected frames {expected} disagree with the clip's {clip_frames}")
 
     if engine_runs:
         if cap and any(e["frames"] > cap for e in engine_runs):
-            notes.append("--with-engine runs the whole clip: --frames does not cap it")
-        e_mid = _median_index([e["fps"] for e in engine_runs])
+            notes.append("with_engine runs the whole clip: frames does not cap it")
+        e_mid = median_index([e["fps"] for e in engine_runs])
         ratios = [round(e["fps"] / r["fps"], 3) if r["fps"] else None for e, r in zip(engine_runs, runs, strict=True)]
         doc["engine"] = {**engine_runs[e_mid], "fps_runs": [e["fps"] for e in engine_runs], "runs": engine_runs}
         doc["engine_over_roboflow"] = round(engine_runs[e_mid]["fps"] / result["fps"], 3) if result["fps"] else None
         doc["engine_over_roboflow_runs"] = ratios
 
     write_json(doc, json_path)
-    print(
+    _logger.info(
         f"roboflow inference {doc['inference_version']} (torch {doc['torch_version']}, {doc['torch_threads']} threads): "
-        f"{doc['fps']:.2f} fps, {doc['frames']} frames in {doc['wall_s']:.2f} s, batch {args.batch}, "
-        f"dropped {dropped}" + (f"  (rounds: {doc['details']['fps_runs']})" if args.repeat > 1 else "")
+        f"{doc['fps']:.2f} fps, {doc['frames']} frames in {doc['wall_s']:.2f} s, batch {plan.batch}, "
+        f"dropped {dropped}" + (f"  (rounds: {doc['details']['fps_runs']})" if plan.repeat > 1 else "")
     )
     if cpu:
-        print(f"cores busy: this {cpu.get('own_cores')} / others {cpu.get('others_cores')}")
+        _logger.info(f"cores busy: this {cpu.get('own_cores')} / others {cpu.get('others_cores')}")
     if "engine" in doc:
         e = doc["engine"]
-        print(
+        _logger.info(
             f"engine: {e['fps']:.2f} fps ({e['frames']} frames, max_batch {e['batch']}, mean batch "
             f"{e['batch_size_mean']}, cores busy: this {e['cpu']['own_cores']} / others {e['cpu']['others_cores']}); "
             f"engine / roboflow = {doc['engine_over_roboflow']}"
-            + (f"  (per round: {doc['engine_over_roboflow_runs']})" if args.repeat > 1 else "")
+            + (f"  (per round: {doc['engine_over_roboflow_runs']})" if plan.repeat > 1 else "")
         )
-    print(f"written: {json_path}")
-    return 0
-
-
-def _median_index(values: list[float]) -> int:
-    """Index of the median (the lower one for an even count)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    return order[(len(order) - 1) // 2]
+    _logger.info(f"written: {json_path}")
+    return doc
 
 
 def run_worker(
-    args: argparse.Namespace,
+    plan: RoboflowPlan,
     venv: Path,
     clip: Path,
     bundle: Path,
@@ -543,7 +445,7 @@ def run_worker(
             "--jsonl",
             str((run_dir / "predictions.jsonl").absolute()),
             "--sources",
-            str(args.batch),
+            str(plan.batch),
             "--frames",
             str(cap),
             "--expected",
@@ -551,21 +453,38 @@ def run_worker(
             "--threads",
             str(threads),
             "--deadline-s",
-            str(max(10.0, args.timeout - 120)),  # leaves the worker time for imports and its own report
+            str(max(10.0, plan.timeout - 120)),  # leaves the worker time for imports and its own report
         ]
-        if args.no_optimize:
+        if plan.no_optimize:
             cmd.append("--no-optimize")
         _logger.info(
-            "roboflow: running the worker (%d source(s), %d torch threads; log %s)", args.batch, threads, worker_log
+            "roboflow: running the worker (%d source(s), %d torch threads; log %s)", plan.batch, threads, worker_log
         )
-        rc, timed_out = run_logged(cmd, worker_log, args.timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        rc, timed_out = run_logged(cmd, worker_log, plan.timeout, env={**os.environ, "PYTHONNOUSERSITE": "1"})
         result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
     if result is None or rc != 0:
-        why = f"timed out after {args.timeout:.0f} s" if timed_out else f"exit {rc}"
+        why = f"timed out after {plan.timeout:.0f} s" if timed_out else f"exit {rc}"
         reason = (result or {}).get("error") or _tail(worker_log, 3)
         return None, f"the Roboflow worker failed ({why}): {reason}"
     return result, ""
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def roboflow_cell(clip: dict[str, Any], bundle: Path, out: Path, run_s: float, install_s: float) -> dict[str, Any]:
+    """The suite's ``roboflow`` section on one clip (``clip``: the suite's clip entry): :func:`compare`
+    with the clip's frames, results in ``out/roboflow_<key>.json``.
+
+    It creates Roboflow's venv on its first run (``bench_out/venv-roboflow``, reused afterwards):
+    ``install_s`` bounds that, ``run_s`` the benchmark itself. Every subprocess (pip, the worker) runs
+    in its own session and is killed as a group on a timeout, the suite's deadline or Ctrl-C.
+    """
+    key = clip["key"]
+    js = out / f"roboflow_{key}.json"
+    js.unlink(missing_ok=True)
+    plan = RoboflowPlan(frames=clip["frames"], timeout=round(run_s), install_timeout=round(install_s))
+    try:
+        data = compare(Path(clip["path"]), bundle, out / key, js, plan)
+    except Skipped as exc:
+        raise Skipped(f"roboflow: {exc}") from None
+    if not isinstance(data.get("fps"), int | float):
+        raise RuntimeError(f"roboflow gave no fps ({js})")
+    return {**data, "json": str(js)}

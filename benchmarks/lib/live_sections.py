@@ -1,4 +1,5 @@
-"""The suite's live sections over real RTSP streams: (e) latency, (f) streams per machine, (g) soak."""
+"""The suite's live sections over real RTSP streams: (e) latency, (f) streams per machine, (g) soak;
+and the single-purpose ``--only overload,sweep`` run (:func:`run_overload_sections`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from tests.rtsp import rtsp_missing
 
 from autotimm_stream.runtime.runner import ModelRunner
-from benchmarks import live
-from benchmarks.suite_common import (
+from autotimm_stream.testing.rtsp import rtsp_missing
+
+from . import live
+from .common import (
     CAPACITY_FPS,
     LATENCY_FPS,
     LIVE_LOAD,
@@ -28,6 +30,7 @@ from benchmarks.suite_common import (
     T_STREAMS_OVER_LIMIT,
     TREND_MIN_WINDOWS,
     Mode,
+    Skipped,
     attempt,
     ok,
 )
@@ -35,11 +38,11 @@ from benchmarks.suite_common import (
 _logger = logging.getLogger("benchmarks.suite")
 
 
-# -- (e, f, g) live ------------------------------------------------------------------------------
+# -- (e, f, g) live --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def live_patched(opts: dict[str, Any]) -> Iterator[None]:
-    """live.py's runners and engine configs get the suite's model options while the live sections
-    run (live.py builds them for the CPU); undone afterwards.
+    """``live``'s runners and engine configs get the suite's model options while the live sections
+    run (``live`` builds them for the CPU); undone afterwards.
 
     (A ``model`` options argument to ``live.engine_config``/``model_only_fps``/``run_live`` would
     make this unnecessary.)
@@ -114,16 +117,6 @@ def live_latency(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode, mod
     return res
 
 
-def _try_record(n: int, k: int, r: dict[str, Any]) -> dict[str, Any]:
-    """One capacity try in ``live.sweep``'s own form (same pass rule: < 1 % drops, no reconnect)."""
-    passed = r["drop_rate"] is not None and r["drop_rate"] < live.DROP_LIMIT
-    passed = passed and all(s["state_end"] == "running" and not s["reconnects"] for s in r["per_stream"].values())
-    keep = ("drop_rate", "drops", "fps_in", "fps_out", "cpu", "seconds")
-    return {"n": n, "try": k, "pass": passed, **{x: r[x] for x in keep}, "latency_ms": r["latency"]["overall_ms"],
-            "disturbed": r["cpu"]["others_cores"] > live.DISTURBED_CORES,
-            "batch_size_mean": r["latency"]["batch_size_mean"]}  # fmt: skip
-
-
 def capacity(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode, model_fps: float) -> dict[str, Any]:
     """Largest N of ``CAPACITY_FPS`` streams with < 1 % drops.
 
@@ -137,14 +130,14 @@ def capacity(pool: live.ServerPool, bundle: Path, out: Path, mode: Mode, model_f
     base = {"stream_fps": CAPACITY_FPS, "theoretical_limit": round(limit, 2), "model_fps": model_fps,
             "target_streams": round(T_STREAMS_OVER_LIMIT * limit, 2)}  # fmt: skip
     if not mode.coarse_capacity:
-        args = SimpleNamespace(sweep_start=None, sweep_seconds=mode.sweep_seconds, sweep_warmup=mode.sweep_warmup)
-        return {**live.sweep(pool, bundle, out, CAPACITY_FPS, model_fps, args), **base, "search": "live.sweep"}
+        swept = live.sweep(pool, bundle, out, CAPACITY_FPS, model_fps, mode.sweep_seconds, mode.sweep_warmup)
+        return {**swept, **base, "search": "live.sweep"}
     tries: list[dict[str, Any]] = []
     found = 0
     for n in range(target, 0, -1):
         _logger.info("capacity (coarse): N=%d x %d fps", n, CAPACITY_FPS)
         r = live.run_live(pool.get(n, CAPACITY_FPS), bundle, out / "live_run", mode.sweep_seconds, mode.sweep_warmup)
-        tries.append(_try_record(n, 1, r))
+        tries.append(live.try_record(n, 1, r))
         _logger.info("capacity (coarse): N=%d drops %.2f %% -> %s", n, 100 * (r["drop_rate"] or 0),
                      "pass" if tries[-1]["pass"] else "fail")  # fmt: skip
         if tries[-1]["pass"]:
@@ -301,3 +294,16 @@ def run_live_sections(
     finally:
         pool.close()
     return res
+
+
+def run_overload_sections(
+    sel: list[str], plan: live.OverloadPlan, out: Path, cache: Path, opts: dict[str, Any]
+) -> dict[str, Any]:
+    """``--only overload`` and/or ``sweep``: :func:`live.overload_and_sweeps` with the suite's model
+    options; what the suite's report keeps of it (the whole report is in ``<out>/live.json``)."""
+    missing = rtsp_missing()
+    if missing:
+        raise Skipped(f"no RTSP test server here: {missing}")
+    plan = replace(plan, overload="overload" in sel, sweeps="sweep" in sel)
+    with live_patched(opts):
+        return live.overload_summary(live.overload_and_sweeps(plan, out, cache))

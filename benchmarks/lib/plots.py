@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-_logger = logging.getLogger("benchmarks.suite_plots")
+_logger = logging.getLogger("benchmarks.plots")
 
 RUNNERS = (("model only", "#4c72b0"), ("engine", "#55a868"), ("naive", "#c44e52"), ("Roboflow", "#8172b2"))
 

@@ -9,7 +9,7 @@ it with the engine's ``export_checkpoint`` to a bundle (same name, ``.pt``) and 
 report (same name, ``.json``) of how well the bundle does, through the engine, on frames it has
 never seen:
 
-    python examples/train_demo_segmentor.py [--out-ckpt autotimm_stream/assets/demo_segmentor.ckpt] [--steps N]
+    python examples/training/train_demo_segmentor.py [--out-ckpt autotimm_stream/assets/demo_segmentor.ckpt] [--steps N]
 
 How it works:
 
@@ -78,14 +78,9 @@ import cv2
 import numpy as np
 import torch
 
-# Run from a checkout without installing the package: put the repository root, and this folder (for
-# demo_training, what the demo training scripts share), on the path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from demo_training import (  # noqa: E402
+from autotimm_stream.runtime.preprocess import PreprocessSpec, preprocess_batch
+from autotimm_stream.synthetic import SHAPES, ShapeScene
+from common import (  # this folder's shared helpers: run as a script, it is sys.path[0]
     HELDOUT_SEEDS,
     MULTI_SHAPE_SCENES,
     TORCH_THREADS,
@@ -111,16 +106,14 @@ from demo_training import (  # noqa: E402
     write_report,
 )
 
-from autotimm_stream.runtime.preprocess import PreprocessSpec, preprocess_batch  # noqa: E402
-from autotimm_stream.synthetic import SHAPES, ShapeScene  # noqa: E402
-
 BACKBONE = "test_resnet"
 HEAD = "deeplabv3plus"
 CLASS_NAMES = ["background", *SHAPES]  # class id = 1 + SHAPES.index(kind), as ShapeScene.render_mask()
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "autotimm_stream" / "assets" / "demo_segmentor.ckpt"
 
-# The demo clip's scene (keep in step with autotimm_stream.demo): never trained on, only measured.
-# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): demo_training.MULTI_SHAPE_SCENES.
+# The demo clip's scene (keep in step with autotimm_stream.app.demo): never trained on, only measured.
+# Scenes (sizes, shapes, held-out frames: 30 scenes x 8 = 240): common.MULTI_SHAPE_SCENES.
 DEMO_SEED = 13
 TRAIN_SEED_BASE = 40_000
 

