@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import __version__
 from .errors import ConfigError, StreamError
 from .net import DEFAULT_CONTROL_ENDPOINT, DEFAULT_ENDPOINT
+from .tasks import Task
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -369,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help="as fast as the machine allows, not at the clip's speed")
     d.add_argument(
         "--task",
-        choices=("detection", "segmentation", "classification"),
-        default="detection",
+        choices=(Task.DETECTION.value, Task.SEGMENTATION.value, Task.CLASSIFICATION.value),
+        default=Task.DETECTION.value,
         help="the AutoTimm shape detector (default), the AutoTimm shape segmentor (masks, on another scene) "
         "or the first milestone's classifier",
     )
@@ -384,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="bundle file to write")
     e.add_argument("--classes", help="class names: 'a,b,c' or a file with one per line (default class_0..)")
     e.add_argument("--num-classes", type=int, help="--timm: number of classes when no names are given")
-    e.add_argument("--task", choices=("classification", "multilabel"), default="classification", help="--timm only")
+    e.add_argument(
+        "--task",
+        choices=(Task.CLASSIFICATION.value, Task.MULTILABEL.value),
+        default=Task.CLASSIFICATION.value,
+        help="--timm only",
+    )
     e.add_argument("--image-size", type=_positive_int, help="input size (default: the checkpoint's, else the task's)")
     e.add_argument("--format", choices=("torchscript", "export", "onnx", "aoti"), default="torchscript")
     e.add_argument("--device", default="cpu", help="--format aoti: compile for this device (cpu or cuda)")
