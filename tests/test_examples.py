@@ -40,7 +40,8 @@ def test_run_pipeline_prints_the_typed_statistics_of_a_real_run(tmp_path):
     assert summary["sources"]["cam1"]["state"] == "stopped" and summary["error"] is None
     records = jsonl(tmp_path / "predictions.jsonl")
     assert [r["frame_index"] for r in records] == list(range(30))
-    assert f"frames: 30 in {summary['elapsed_s']:.2f} s" in out
+    printed = re.search(r"frames: 30 in ([0-9.]+) s", out)
+    assert printed and abs(float(printed.group(1)) - summary["elapsed_s"]) <= 0.006  # 2 decimals vs 3
     assert "cam1: 30 decoded, 30 results, state stopped" in out
     found = Counter(d["label"] for r in records for d in r["detections"])
     assert sum(found.values()) > 0  # the demo detector finds the clip's shapes
