@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .frame import Frame, FrameFlags
-from .tasks import Task
+from .tasks import TASKS, Task
 
 __all__ = [
     "STAGES",
@@ -161,7 +161,7 @@ class Result:
             try:
                 self.task = Task(self.task)
             except ValueError:
-                raise ValueError(f"Result.task must be one of {[t.value for t in Task]}, got {self.task!r}") from None
+                raise ValueError(f"Result.task must be one of {TASKS}, got {self.task!r}") from None
 
     @classmethod
     def of(cls, frame: Frame, task: Task, outputs: TaskOutputs, **fields: Any) -> Result:

@@ -15,6 +15,7 @@ state changes reach every sink at once (:meth:`Sink.status`), never queued behin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -94,10 +95,9 @@ class Pipeline:
         if persistent:
             self._keep_open.set()
         self._sources_lock = threading.Lock()
-        self.sources: list[Source] = []  # replaced, never mutated (threads iterate snapshots)
         for s in sources:
             self._adopt(s)
-        self.sources = list(sources)
+        self.sources: list[Source] = list(sources)  # replaced, never mutated (threads iterate snapshots)
         self.retired: dict[str, Source] = {}  # sources removed at run time (ended, buffers empty), by id
         self.replaced: dict[str, ReplacedStats] = {}  # totals of retired sources whose id came back
         self.status: dict[str, StatusEvent] = {}  # latest state change per source
@@ -347,10 +347,7 @@ class Pipeline:
             batch_size_mean=w.batch_sizes.mean,
             sources={sid: self._source_stats(s) for sid, s in every.items()},
             current=tuple(s.source_id for s in current),
-            replaced={
-                sid: ReplacedStats(r.sessions, r.frames_decoded, r.frames_out, dict(r.drops))
-                for sid, r in self.replaced.items()
-            },  # fmt: skip
+            replaced={sid: dataclasses.replace(r, drops=dict(r.drops)) for sid, r in self.replaced.items()},
             stages={k: v.summary() for k, v in w.stages.items()} if detail else {},
             sink_stages={k: v.summary() for s in self.sinks for k, v in s.stages().items()} if detail else {},
             sinks={s.name: s.stats() for s in self.sinks} if detail else {},

@@ -183,10 +183,6 @@ class Worker:
             torch.set_num_threads(self._infer_threads)  # the global default, for threads started later
 
     @property
-    def started(self) -> bool:
-        return bool(self._threads)
-
-    @property
     def done(self) -> bool:
         """True once every result and end of stream has been emitted (or the worker failed)."""
         return self._done.is_set()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 from autotimm_stream.app import build_pipeline
 from autotimm_stream.config import validate_config
 from autotimm_stream.synthetic import ShapeScene
+from autotimm_stream.testing.rtsp import free_port
 
 CLASSES = ["circle", "square", "triangle"]
 CLI = [sys.executable, "-m", "autotimm_stream"]
@@ -36,19 +36,15 @@ def checked(parts: list[bytes]) -> dict:
         return {"invalid": str(exc)}
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for(predicate, timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true and return the seconds that took; AssertionError naming ``what``
+    after ``timeout`` seconds."""
+    t0 = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return time.monotonic() - t0
 
 
 def write_vfr_clip(path: Path, pts_ms: list[int], width: int = 160, height: int = 120) -> Path:

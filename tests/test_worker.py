@@ -80,6 +80,17 @@ class Rig:
         for i in indices:
             assert self.source.buffer.put(frame(i), threading.Event(), timeout=1.0)
 
+    def start_busy(self) -> None:
+        """Start the worker and give the model frame 0, held there: the model is busy from now on."""
+        self.worker.start()
+        self.push(0)
+        wait_for(lambda: self.forwarded == [1], 10, "the model to take frame 0 (and be held there)")
+
+    def push_alone(self, i: int, what: str) -> None:
+        """Push frame ``i`` and wait until it has been preprocessed on its own."""
+        self.push(i)
+        wait_for(lambda: [i] in self.preprocessed, 10, what)
+
     def batches(self) -> list[list[int]]:
         """The frame indices of each batch of results emitted so far."""
         return [[r.index for r in item] for item in self.emitted if isinstance(item, list)]
@@ -109,15 +120,10 @@ def rig(bundle):
 
 def test_live_frames_join_the_batch_until_the_model_takes_it(rig):
     r = rig()
-    r.worker.start()
-    r.push(0)
-    wait_for(lambda: r.forwarded == [1], 10, "the model to take frame 0 (and be held there)")
-    r.push(1)
-    wait_for(lambda: [1] in r.preprocessed, 10, "frame 1 to form the next batch")
-    r.push(2)
-    wait_for(lambda: [2] in r.preprocessed, 10, "frame 2 to be preprocessed for the waiting batch")
-    r.push(3)
-    wait_for(lambda: [3] in r.preprocessed, 10, "frame 3 too")
+    r.start_busy()
+    r.push_alone(1, "frame 1 to form the next batch")
+    r.push_alone(2, "frame 2 to be preprocessed for the waiting batch")
+    r.push_alone(3, "frame 3 too")
     r.finish()
     assert r.batches() == [[0], [1, 2, 3]]  # one forward pass for the frames that came while the model ran
     assert r.forwarded == [1, 3]
@@ -127,9 +133,7 @@ def test_live_frames_join_the_batch_until_the_model_takes_it(rig):
 
 def test_a_full_batch_takes_no_more_and_the_rest_waits_for_the_next(rig):
     r = rig(max_batch=4)
-    r.worker.start()
-    r.push(0)
-    wait_for(lambda: r.forwarded == [1], 10, "the model to take frame 0")
+    r.start_busy()
     r.push(1, 2, 3, 4, 5)
     # the batch may form from frame 1 alone and take 2, 3, 4 as they come: count the frames
     wait_for(lambda: sum(len(p) for p in r.preprocessed[1:]) >= 4, 10, "a full batch to form")
@@ -148,24 +152,17 @@ def test_frames_that_miss_the_batch_become_the_next_one(rig):
             wait_for(lambda: len(r.forwarded) == 2, 10, "the model to take batch [1]")
 
     r.on_preprocess = model_takes_the_batch_meanwhile
-    r.worker.start()
-    r.push(0)
-    wait_for(lambda: r.forwarded == [1], 10, "the model to take frame 0")
-    r.push(1)
-    wait_for(lambda: [1] in r.preprocessed, 10, "frame 1 to form the next batch")
-    r.push(2)
-    wait_for(lambda: [2] in r.preprocessed, 10, "frame 2 to be preprocessed")
+    r.start_busy()
+    r.push_alone(1, "frame 1 to form the next batch")
+    r.push_alone(2, "frame 2 to be preprocessed")
     r.finish()
     assert r.batches() == [[0], [1], [2]]
 
 
 def test_a_stop_ends_a_batch_that_waits_for_company(rig):
     r = rig()
-    r.worker.start()
-    r.push(0)
-    wait_for(lambda: r.forwarded == [1], 10, "the model to take frame 0")
-    r.push(1)
-    wait_for(lambda: [1] in r.preprocessed, 10, "frame 1 to wait for company")
+    r.start_busy()
+    r.push_alone(1, "frame 1 to wait for company")
     r.shutdown.request()
     time.sleep(0.3)  # a batch that ignored the stop would still be waiting for company now
     r.push(2)

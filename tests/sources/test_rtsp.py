@@ -18,7 +18,7 @@ from autotimm_stream.config import validate_config
 from autotimm_stream.export.timm import export_timm
 from autotimm_stream.pipeline import Pipeline
 from autotimm_stream.testing.rtsp import RtspServer, free_port, rtsp_available, rtsp_missing
-from tests.helpers import checked
+from tests.helpers import checked, wait_for
 
 pytestmark = [
     pytest.mark.rtsp,
@@ -50,16 +50,6 @@ def pipeline_for(bundle: Path, out: Path, sources: list[dict], endpoint: str | N
         }
     )
     return build_pipeline(cfg)
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def rows(out: Path, source_id: str | None = None) -> list[dict]:
