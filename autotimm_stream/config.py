@@ -86,6 +86,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# How decoded video frames become RGB (sources/convert.py, docs/colour.md): fast = OpenCV for plain
+# BT.601 yuv420p; ffmpeg = exactly the pixels the FFmpeg CLI extracts (ffmpeg -i clip.mp4 %04d.png)
+ColorConversion = Literal["fast", "ffmpeg"]
+_COLOR_HELP = (
+    "frames to RGB: fast (OpenCV for BT.601 yuv420p: up to 3 grey levels off FFmpeg, 21 below video black) or "
+    "ffmpeg (exactly the pixels of `ffmpeg -i video frames/%04d.png`, for models trained on such frames)"
+)
+
+
 class _SourceBase(_Strict):
     id: Annotated[str, Field(pattern=_ID_RE, description="unique name; used in topics and file names")]
     max_staleness_ms: float | None = Field(
@@ -104,6 +113,7 @@ class FileSourceConfig(_SourceBase):
     decode_threads: int | None = Field(
         None, ge=0, le=64, description="FFmpeg decoder threads; 0 = FFmpeg's choice; null = 1 on CPU, 0 on CUDA"
     )
+    color_conversion: ColorConversion = Field("fast", description=_COLOR_HELP)
 
 
 class FolderSourceConfig(_SourceBase):
@@ -156,6 +166,7 @@ class LiveOptions(_Strict):
         False, description="after a decode error or reconnect, drop frames until a keyframe"
     )
     decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg decoder threads (slice threading, no added delay)")
+    color_conversion: ColorConversion = Field("fast", description=_COLOR_HELP)
 
 
 class _LiveSourceConfig(_SourceBase, LiveOptions):
@@ -232,6 +243,16 @@ class ModelConfig(_Strict):
     fp16: bool = Field(False, description="half precision (CUDA only)")
     channels_last: bool = False
     threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; null = torch default")
+    fidelity: Literal["exact", "fast"] = Field(
+        "exact",
+        description="exact: resize and normalise with the training library's arithmetic (OpenCV or Pillow), bit "
+        "for bit; fast: torch's kernels where they are faster (Pillow-trained classifiers), within one grey level",
+    )
+    resize_on: Literal["device", "host"] = Field(
+        "device",
+        description="CUDA, exact: resize on the GPU (integer kernels; whole frames copied) or on the host "
+        "(OpenCV/Pillow; only the model-sized image copied)",
+    )
     top_k: int | None = Field(None, ge=1, description="classification: classes per result; null = bundle's")
     threshold: float | None = Field(
         None,

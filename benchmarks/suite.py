@@ -49,6 +49,12 @@ line each in results.md):
   torch.export, ONNX and ONNX int8 (``--formats``), model only vs engine and post-processing cost on a
   generated 720p clip (``--frames``, default 120; ``--batch``, default 4); ``<out>/runtimes/tasks.json``.
   CPU only;
+- ``preprocess`` (``lib/preprocess.py``): per-frame cost of turning 720p and 1080p frames into model
+  input for each kind of AutoTimm bundle, exact (OpenCV/Pillow) vs torch's kernels vs the integer
+  kernels CUDA runs; ``<out>/preprocess/preprocess.json``. CPU only;
+- ``colour`` (``lib/colour.py``): each ``color_conversion`` mode against the FFmpeg CLI's PNG frames
+  (generated 720p/1080p, bikes.mp4, vtest.avi when installed; ``--frames``, default 100) and its CPU
+  cost per frame at 720p and 1080p (``--repeat`` rounds, at least 5); ``<out>/colour/colour.json``;
 - ``overload`` and ``sweep`` (``lib/live.py``): RTSP streams beyond the model's speed (``--streams``;
   bounded latency, drops) and, for each ``--stream-fps`` rate, the capacity sweep; model only before
   and after; ``<out>/live/live.json``. ``--quick``: 15-s overload, 8-s sweep steps; ``--full``: 40 s
@@ -78,6 +84,7 @@ from typing import Any
 
 import torch
 
+from lib.colour import colour, colour_summary
 from lib.common import (
     EXTRA_SECTIONS,
     FULL,
@@ -96,6 +103,7 @@ from lib.common import (
 from lib.inputs import prepare_bundles, prepare_clips
 from lib.live import QUICK_PLAN, OverloadPlan
 from lib.live_sections import classifier_model_only, run_live_sections, run_overload_sections
+from lib.preprocess import preprocess, preprocess_summary
 from lib.report import _why, collect_not_run, evaluate_targets, markdown, print_summary, section_times
 from lib.roboflow import roboflow_cell
 from lib.tasks import RUNTIMES, runtimes, runtimes_summary
@@ -312,7 +320,7 @@ def run_all(args: argparse.Namespace, mode: Mode, opts: dict[str, Any], out: Pat
 def run_extras(
     args: argparse.Namespace, mode: Mode, opts: dict[str, Any], out: Path, cache: Path, results: dict
 ) -> None:
-    """The single-purpose measurements ``--only`` names (``paired``, ``runtimes``, ``overload``/``sweep``)."""
+    """The single-purpose measurements ``--only`` names (``paired``, ``runtimes``, ``preprocess``, ``overload``/``sweep``)."""
     cpu_only = {"status": "skipped", "reason": "a CPU measurement (the suite runs with --device cuda)"}
     if "paired" in args.only:
         frames, batch = args.frames or 300, args.batch or 8
@@ -337,6 +345,23 @@ def run_extras(
             )
             if args.device == "cpu"
             else cpu_only
+        )
+    if "preprocess" in args.only:
+        results["preprocess"] = (
+            attempt(
+                "preprocess (exact vs torch resizing, 720p and 1080p)",
+                lambda: preprocess_summary(preprocess(out / "preprocess")),
+                900,
+            )
+            if args.device == "cpu"
+            else cpu_only
+        )
+    if "colour" in args.only:
+        frames, rounds = args.frames or 100, max(args.repeat, 5)
+        results["colour"] = attempt(
+            f"colour ({frames} frames per clip, {rounds} cost rounds)",
+            lambda: colour_summary(colour(out / "colour", cache, frames=frames, repeat=rounds)),
+            600 + 6 * frames,
         )
     live_sel = [s for s in ("overload", "sweep") if s in args.only]
     if live_sel:

@@ -67,7 +67,7 @@ def export_tiny_detector(path, size: int = 128, head: str = "fcos", seed: int = 
         class_names=list(CLASSES),
         input_size=(size, size),
         resize="letterbox",
-        antialias=False,
+        transform_backend="albumentations",
         decode={"score_thresh": 0.05, "nms_thresh": 0.5, "max_detections": 50, "strides": list(net.strides)},
         model_name=f"tiny-{head}",
     )
@@ -82,7 +82,7 @@ def export_tiny_segmentor(path, size: int = 96, seed: int = 0) -> BundleMeta:
         class_names=["background", *CLASSES],
         input_size=(size, size),
         resize="squash",
-        antialias=False,
+        transform_backend="albumentations",
         model_name="tiny-seg",
     )
     return export_module(TinySeg(num_classes=4), meta, path)

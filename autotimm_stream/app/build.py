@@ -47,7 +47,9 @@ def build_source(sc: SourceConfig, bell: threading.Condition, model_on_cpu: bool
         # source costs less CPU per frame than FFmpeg's frame threading; on a GPU FFmpeg chooses
         auto_threads = 1 if model_on_cpu else 0
         threads = auto_threads if sc.decode_threads is None else sc.decode_threads
-        return FileSource(sc.id, sc.uri, buffer, decode_threads=threads, realtime=sc.realtime)
+        return FileSource(
+            sc.id, sc.uri, buffer, decode_threads=threads, realtime=sc.realtime, color_conversion=sc.color_conversion
+        )
     if isinstance(sc, FolderSourceConfig):
         return FolderSource(sc.id, sc.uri, buffer, pattern=sc.pattern, fps=sc.fps, realtime=sc.realtime)
     spec: StreamSpec
@@ -121,7 +123,15 @@ def build_sinks(cfg: RunConfig, sources: list[Source]) -> list[Sink]:
 def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipeline:
     """Load the model, open the sources, prepare the sinks. Nothing is written before all succeed."""
     m = cfg.model
-    runner = ModelRunner(m.path, device=m.device, fp16=m.fp16, channels_last=m.channels_last, threads=m.threads)
+    runner = ModelRunner(
+        m.path,
+        device=m.device,
+        fp16=m.fp16,
+        channels_last=m.channels_last,
+        threads=m.threads,
+        exact=m.fidelity == "exact",
+        resize_on=m.resize_on,
+    )
     if cfg.sinks.snapshot.enabled:  # a misspelt class fails now, before anything is opened or written
         check_classes(cfg.sinks.snapshot.classes, runner.meta.class_names)
     on_cpu = runner.device.type == "cpu"

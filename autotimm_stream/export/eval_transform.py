@@ -5,7 +5,7 @@ them). Classifiers: the DataModule's ``TransformConfig`` when it pickled one, el
 resize + centre crop with ImageNet statistics, else (no DataModule recorded) AutoTimm's inference
 transform: the backbone's timm data config at 224; with the albumentations backend, AutoTimm's
 squash + centre crop (``squash_crop``). Detectors: letterbox with 114 grey; segmentors: squash; both
-resize OpenCV-style (no antialiasing), as AutoTimm's albumentations pipelines do.
+resize with OpenCV (albumentations), as AutoTimm's pipelines do.
 """
 
 from __future__ import annotations
@@ -143,13 +143,18 @@ def _classification_preprocessing(model: torch.nn.Module, info: CheckpointInfo, 
         "resize": "center_crop",
         "crop_pct": float(stats["crop_pct"]),
         "interpolation": _interpolation(stats["interpolation"], where),
-        "antialias": True,  # torchvision Resize on PIL images
+        "transform_backend": "torchvision",  # Resize on PIL images, ToTensor, Normalize
         "mean": tuple(float(v) for v in stats["mean"]),
         "std": tuple(float(v) for v in stats["std"]),
         "_from": origin,
     }
     if backend == "albumentations":  # A.Resize (cv2 INTER_LINEAR) to int(size * 256 / 224) square, A.CenterCrop
-        prep.update(resize="squash_crop", crop_pct=DEFAULT_EVAL_CROP_PCT, interpolation="bilinear", antialias=False)
+        prep.update(
+            resize="squash_crop",
+            crop_pct=DEFAULT_EVAL_CROP_PCT,
+            interpolation="bilinear",
+            transform_backend="albumentations",
+        )
     return prep
 
 
@@ -165,7 +170,7 @@ def preprocessing(model: torch.nn.Module, info: CheckpointInfo, image_size: int 
         # albumentations LongestMaxSize + centred PadIfNeeded(114) / Resize, cv2 INTER_LINEAR
         "resize": "letterbox" if info.task is Task.DETECTION else "squash",
         "interpolation": "bilinear",
-        "antialias": False,
+        "transform_backend": "albumentations",
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         "_from": "datamodule defaults",

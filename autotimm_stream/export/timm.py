@@ -150,7 +150,8 @@ def export_timm(
         task=Task(task),
         class_names=list(class_names),
         input_size=(size, size),
-        resize="squash" if crop_mode == "squash" else "center_crop",
+        # timm's squash: Resize((s, s)) then CenterCrop, s = floor(size / crop_pct)
+        resize="squash_crop" if crop_mode == "squash" else "center_crop",
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bilinear")),
         mean=tuple(cfg["mean"]),

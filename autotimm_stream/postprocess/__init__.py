@@ -14,7 +14,7 @@ from ..runtime.bundle import BundleMeta
 from ..runtime.preprocess import Geometry, plan
 from ..tasks import Task
 from .classification import multilabel, to_predictions, topk
-from .detection import decode_dense, to_frame_pixels
+from .detection import decode_dense, on_frame, to_frame_pixels
 from .segmentation import class_fractions, logits_to_mask
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "multilabel",
     "to_predictions",
     "decode_dense",
+    "on_frame",
     "to_frame_pixels",
     "logits_to_mask",
     "class_fractions",
@@ -95,11 +96,13 @@ class Postprocessor:
         names = self.meta.class_names
         out = []
         for (boxes, scores, labels), hw in zip(decoded, frames_hw):
-            pixels = to_frame_pixels(boxes, self.geometry(hw), hw).cpu().tolist()
+            geo = self.geometry(hw)
+            # AutoTimm's boxes, zero-area ones included, less those wholly in the letterbox padding
+            keep = on_frame(boxes, geo)
+            pixels = to_frame_pixels(boxes[keep], geo, hw).cpu().tolist()
             dets = [
                 Detection((b[0], b[1], b[2], b[3]), int(c), names[int(c)], float(s))
-                for b, s, c in zip(pixels, scores.cpu().tolist(), labels.cpu().tolist())
-                if b[2] > b[0] and b[3] > b[1]  # a box wholly in the letterbox padding is not on the frame
+                for b, s, c in zip(pixels, scores[keep].cpu().tolist(), labels[keep].cpu().tolist())
             ]
             out.append(TaskOutputs(detections=dets))
         return out

@@ -4,6 +4,9 @@ Pure tensor functions (shapes in the docstrings), testable without threads or mo
 is AutoTimm's (``decode_fcos_detections`` / ``YOLOXDetector.predict``), done for the whole batch
 at once: one sigmoid and max per level over all images, one ``batched_nms`` over all images
 (image index folded into the class index), instead of a Python loop over images and levels.
+What reaches the frame is AutoTimm's list, in its order and under its cap, less two kinds of box
+that do not exist on the frame: inverted ones and ones wholly in the letterbox padding
+(docs/detection.md).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torchvision.ops import batched_nms
 
 from ..runtime.preprocess import Geometry
 
-__all__ = ["decode_dense", "to_frame_pixels", "grid_points"]
+__all__ = ["decode_dense", "on_frame", "to_frame_pixels", "grid_points"]
 
 _GRIDS: dict[tuple[int, int, int, str], torch.Tensor] = {}
 
@@ -63,8 +66,9 @@ def decode_dense(
         max_detections: at most this many boxes per image, best first.
 
     Returns:
-        Per image: boxes (Tensor[N, 4], xyxy in input pixels, x1 < x2 and y1 < y2), scores
-        (Tensor[N]), labels (Tensor[N], int64), sorted by descending score.
+        Per image: boxes (Tensor[N, 4], xyxy in input pixels, x1 <= x2 and y1 <= y2), scores
+        (Tensor[N]), labels (Tensor[N], int64), sorted by descending score: AutoTimm's own list,
+        zero-width and zero-height boxes included, less its inverted boxes (see below).
     """
     batch, num_classes = cls[0].shape[0], cls[0].shape[1]
     device = cls[0].device
@@ -107,16 +111,40 @@ def decode_dense(
     # One NMS call for the whole batch: boxes of different images or classes never suppress each other.
     kept = batched_nms(boxes, scores, images * num_classes + labels, nms_thresh)  # best first
     # YOLO-style heads regress distances without a ReLU, so a location can decode to an inverted
-    # box (x2 < x1 or y2 < y1). AutoTimm returns those as they are; they are not boxes, so after
-    # NMS (which they took part in, as in AutoTimm) they are dropped, and the cap counts real boxes.
-    b = boxes[kept]
-    kept = kept[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+    # box (x2 < x1 or y2 < y1 after the clamp). AutoTimm returns those as they are; they are not
+    # boxes, so they are dropped, but only after NMS (which they took part in) and after AutoTimm's
+    # cap, so that what is left is exactly AutoTimm's list without them. A zero-width or
+    # zero-height box (an FCOS distance of 0 on both sides, or both edges clamped to the same
+    # input border) is a box AutoTimm returns and is kept.
+    upright = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
     out = []
     kept_images = images[kept]
     for i in range(batch):
         idx = kept[kept_images == i][:max_detections]
+        idx = idx[upright[idx]]
         out.append((boxes[idx], scores[idx], labels[idx]) if idx.numel() else empty)
     return out
+
+
+def on_frame(boxes: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Which boxes share at least one point with the frame: the rest lie wholly in the letterbox padding.
+
+    The frame covers the closed rectangle ``[pl - cl, pl - cl + rw] x [pt - ct, pt - ct + rh]`` of
+    the network input (integer bounds, so the test is exact). A box touching it, zero-area or
+    not, is on the frame; a box wholly in the padding has no place on the frame: mapped back and
+    clipped, it would collapse onto the frame's edge.
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy in network-input pixels, x1 <= x2 and y1 <= y2.
+        geo: how the frame became the input (:func:`autotimm_stream.runtime.preprocess.plan`).
+
+    Returns:
+        Tensor[N], bool.
+    """
+    (ct, cl), (pt, pl) = geo.crop, geo.pad
+    rh, rw = geo.resized
+    left, top = pl - cl, pt - ct
+    return (boxes[:, 0] <= left + rw) & (boxes[:, 2] >= left) & (boxes[:, 1] <= top + rh) & (boxes[:, 3] >= top)
 
 
 def to_frame_pixels(boxes: torch.Tensor, geo: Geometry, frame_hw: tuple[int, int]) -> torch.Tensor:
@@ -124,7 +152,7 @@ def to_frame_pixels(boxes: torch.Tensor, geo: Geometry, frame_hw: tuple[int, int
 
     Args:
         boxes (Tensor[N, 4]): xyxy in network-input pixels.
-        geo: how the frame became the input (:func:`autotimm_stream.preprocess.plan`).
+        geo: how the frame became the input (:func:`autotimm_stream.runtime.preprocess.plan`).
         frame_hw: (H, W) of the source frame; boxes are clipped to it.
 
     Returns:

@@ -24,8 +24,10 @@ __all__ = ["BundleMeta", "META_FILE", "DETECTION_DECODE_DEFAULTS"]
 
 META_FILE = "autotimm_stream.json"
 BUNDLE_FORMAT = "autotimm-stream-bundle"
-BUNDLE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 (classification only) lacks fields that have defaults here
+BUNDLE_VERSION = 3
+# version 1 (classification only) lacks fields that have defaults here; versions 1 and 2 said
+# ``antialias`` (true: Pillow's resample, false: OpenCV's) where version 3 names the library
+READABLE_VERSIONS = (1, 2, 3)
 # Decode parameters a detection bundle must carry, with AutoTimm's ObjectDetector defaults.
 DETECTION_DECODE_DEFAULTS: dict[str, Any] = {
     "score_thresh": 0.05,
@@ -45,7 +47,9 @@ class BundleMeta:
     resize: str = "center_crop"
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
-    antialias: bool = True  # low-pass when shrinking (PIL/torchvision); False = OpenCV INTER_LINEAR
+    # the transform library that built the training inputs (its resize and normalise arithmetic):
+    # torchvision (Pillow's antialiased resample) or albumentations (OpenCV INTER_LINEAR)
+    transform_backend: str = "torchvision"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     model_name: str = ""
@@ -112,7 +116,7 @@ class BundleMeta:
             resize=self.resize,
             crop_pct=self.crop_pct,
             interpolation=self.interpolation,
-            antialias=self.antialias,
+            backend=self.transform_backend,
             mean=self.mean,
             std=self.std,
         )
@@ -136,6 +140,8 @@ class BundleMeta:
                 f"{list(READABLE_VERSIONS)}); re-export it with this version of autotimm-stream"
             )
         doc.pop("format")
+        if version in (1, 2) and "antialias" in doc:
+            doc["transform_backend"] = "torchvision" if doc.pop("antialias") else "albumentations"
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(doc) - known)
         if unknown:

@@ -27,7 +27,7 @@ from ..errors import ConfigError, ModelError, first_line
 from ..tasks import Task
 from .bundle import BundleMeta
 from .load import Network
-from .preprocess import preprocess_batch
+from .preprocess import RESIZE_ON, preprocess_batch
 
 __all__ = ["ModelRunner", "resolve_device"]
 
@@ -67,6 +67,9 @@ class ModelRunner:
         channels_last: feed NHWC-strided input (fast on CUDA tensor cores and for some CPU convs).
         optimize: freeze and optimise the TorchScript graph for inference.
         threads: torch intra-op threads (``None`` keeps torch's default).
+        exact: resize and normalise with the training library's arithmetic, bit for bit
+            (:func:`.preprocess.preprocess_batch`); False allows torch's faster kernels.
+        resize_on: CUDA: where exact resizing runs, ``device`` or ``host``.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class ModelRunner:
         channels_last: bool = False,
         optimize: bool = True,
         threads: int | None = None,
+        exact: bool = True,
+        resize_on: str = "device",
     ):
         self.device = resolve_device(device)
         if fp16 and self.device.type != "cuda":
@@ -84,6 +89,9 @@ class ModelRunner:
             fp16 = False
         self.dtype = torch.float16 if fp16 else torch.float32
         self.channels_last = channels_last
+        if resize_on not in RESIZE_ON:
+            raise ConfigError(f"model.resize_on must be one of {RESIZE_ON}, got {resize_on!r}")
+        self.exact, self.resize_on = exact, resize_on
         if threads:
             torch.set_num_threads(threads)
         self.network = Network(path, self.device, fp16=fp16, channels_last=channels_last, optimize=optimize)
@@ -104,9 +112,13 @@ class ModelRunner:
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 RGB frames -> normalised model input on the device, ready when this returns."""
         if self._prep_stream is None:
-            return preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
+            return preprocess_batch(
+                images, self.spec, self.device, self.dtype, self.channels_last, self.exact, self.resize_on
+            )
         with torch.cuda.stream(self._prep_stream):
-            x = preprocess_batch(images, self.spec, self.device, self.dtype, self.channels_last)
+            x = preprocess_batch(
+                images, self.spec, self.device, self.dtype, self.channels_last, self.exact, self.resize_on
+            )
         self._prep_stream.synchronize()  # waits for this batch's copy and resize only, not the model
         return x
 

@@ -9,11 +9,12 @@ from fractions import Fraction
 
 import av
 
+from ..config import ColorConversion
 from ..errors import SourceError
 from ..frame import FrameFlags
 from ..ringbuffer import RingBuffer
 from .base import Source, SourceInfo
-from .convert import to_rgb
+from .convert import RgbConverter
 
 __all__ = ["FileSource", "probe_video"]
 
@@ -68,6 +69,7 @@ class FileSource(Source):
     ``decode_error`` drops; the next frame carries ``CORRUPT | AFTER_GAP``. Frames the decoder
     marks as concealed carry ``CORRUPT``. With ``realtime`` the
     source paces itself at the file's own speed, which makes a file behave like a live camera.
+    ``color_conversion`` says how frames become RGB (:mod:`.convert`).
     """
 
     def __init__(
@@ -78,11 +80,13 @@ class FileSource(Source):
         *,
         decode_threads: int = 0,
         realtime: bool = False,
+        color_conversion: ColorConversion = "fast",
     ):
         super().__init__(source_id, buffer)
         self.path = str(path)
         self.decode_threads = decode_threads
         self.realtime = realtime
+        self.to_rgb = RgbConverter(color_conversion)
         self._container: av.container.InputContainer | None = None
 
     def describe(self) -> str:
@@ -123,7 +127,7 @@ class FileSource(Source):
                 _logger.warning("source %s: undecodable packet skipped (%s)", self.source_id, exc)
                 continue
             for vframe in decoded:
-                image = to_rgb(vframe)
+                image = self.to_rgb(vframe)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 flags, pending = pending, FrameFlags.NONE
                 if vframe.is_corrupt:  # the decoder concealed damage in this very frame

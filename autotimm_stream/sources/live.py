@@ -52,7 +52,7 @@ from ..messages import SourceState
 from ..ringbuffer import RingBuffer
 from ..stats import LiveStats
 from .base import Source, SourceInfo
-from .convert import to_rgb
+from .convert import RgbConverter
 
 __all__ = ["LiveSource", "StreamSpec", "redact_url", "rtsp_spec", "camera_spec", "testsrc_spec"]
 
@@ -149,6 +149,7 @@ class LiveSource(Source):
         super().__init__(source_id, buffer)
         self.spec = spec
         self.options = options or LiveOptions()
+        self.to_rgb = RgbConverter(self.options.color_conversion)
         self.reconnects = 0  # sessions lost after they ran
         self.failed_attempts = 0  # connection attempts that failed, in total
         self.sessions = 0
@@ -341,7 +342,7 @@ class LiveSource(Source):
                     if prev_pts is not None and self._fps and pts - prev_pts > 2.5 / self._fps:
                         flags |= FrameFlags.AFTER_GAP  # frames went missing in transport
                     prev_pts = pts
-                    image = to_rgb(vf)
+                    image = self.to_rgb(vf)
                     decode_ms = (time.perf_counter() - t_dec) * 1e3
                     if self.spec.realtime and pts > now and self.halted.wait(pts - now):
                         return ""

@@ -34,7 +34,8 @@ SECTIONS = ("classifier", "detector", "segmentor", "roboflow", "latency", "capac
 #   paired: model only and the engine in back-to-back rounds on a generated 720p clip (lib/throughput.py)
 #   runtimes: detector and segmentor across TorchScript, torch.export, ONNX, ONNX int8 (lib/tasks.py)
 #   overload, sweep: RTSP streams beyond the model's speed; the largest N per stream rate (lib/live.py)
-EXTRA_SECTIONS = ("paired", "runtimes", "overload", "sweep")
+#   colour: each color_conversion mode against the FFmpeg CLI's PNG frames, and its cost (lib/colour.py)
+EXTRA_SECTIONS = ("paired", "runtimes", "overload", "sweep", "preprocess", "colour")
 MODELS = ("classifier", "detector", "segmentor")
 DEMO_DETECTOR = REPO / "autotimm_stream" / "assets" / "demo_detector.pt"
 DEMO_DETECTOR_CKPT = REPO / "autotimm_stream" / "assets" / "demo_detector.ckpt"

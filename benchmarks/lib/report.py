@@ -371,6 +371,17 @@ def extra_markdown(res: dict[str, Any]) -> list[str]:
                 )
                 + f"; `{rt['json']}`"
             )
+    co = res.get("colour")
+    if ok(co):
+        fid = "; ".join(
+            f"{clip} "
+            + ", ".join(
+                f"{m} max {r['max_levels']} ({100 * r['pixels_differing']:.1f} % of pixels)" for m, r in v.items()
+            )
+            for clip, v in co["fidelity"].items()
+        )
+        cost = "; ".join(f"{clip} fast {v['fast']} / ffmpeg {v['ffmpeg']} CPU ms" for clip, v in co["cost"].items())
+        lines.append(f"- **colour** against the FFmpeg CLI's PNG frames: {fid}. Per frame: {cost}; `{co['json']}`")
     ov = res.get("overload")
     if ok(ov):
         mo = ov["model_only_fps"]
@@ -406,7 +417,7 @@ def section_times(report: dict[str, Any]) -> dict[str, float]:
     out["roboflow"] = total(res.get("roboflow", {}))
     for k, v in res.get("live", {}).items():
         out[f"live: {k}"] = total(v)
-    for k in ("paired", "runtimes", "overload"):
+    for k in ("paired", "runtimes", "overload", "colour"):
         out[k] = total(res.get(k, {}))
     return {k: round(v, 1) for k, v in out.items() if v}
 

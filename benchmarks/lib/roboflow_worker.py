@@ -82,7 +82,10 @@ class Preprocessor:
         self.size = tuple(int(v) for v in meta["input_size"])
         self.mode = meta.get("resize", "center_crop")
         self.interp = meta.get("interpolation", "bilinear")
-        self.antialias = bool(meta.get("antialias", True))
+        # bundle version 3 names the transform library; versions 1-2 said antialias
+        self.antialias = (
+            meta.get("transform_backend", "torchvision" if meta.get("antialias", True) else "") == "torchvision"
+        )
         self.mean = torch.tensor(meta.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(meta.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255.0)
         self._plans: dict[tuple[int, int], Any] = {}

@@ -454,7 +454,7 @@ def preprocess_facts(spec: PreprocessSpec) -> dict[str, Any]:
     return {
         "resize": spec.resize,
         "interpolation": spec.interpolation,
-        "antialias": spec.antialias,
+        "backend": spec.backend,
         "mean": spec.mean,
         "std": spec.std,
     }

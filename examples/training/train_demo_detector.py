@@ -133,9 +133,11 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [M, 4] xyxy, sco
 
 def detection_spec(image_size: int) -> PreprocessSpec:
     """What the engine feeds a detector: letterbox to a square input, ImageNet normalisation."""
-    # No antialiasing: AutoTimm's detection transforms resize with OpenCV's INTER_LINEAR, and the
+    # OpenCV, no antialiasing: AutoTimm's detection transforms resize with OpenCV's INTER_LINEAR, and the
     # engine's checkpoint export gives detector bundles that preprocessing (checked after export).
-    return PreprocessSpec(size=(image_size, image_size), resize="letterbox", interpolation="bilinear", antialias=False)
+    return PreprocessSpec(
+        size=(image_size, image_size), resize="letterbox", interpolation="bilinear", backend="albumentations"
+    )
 
 
 # --------------------------------------------------------------------------- data

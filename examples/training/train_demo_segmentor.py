@@ -127,9 +127,11 @@ WEIGHT_DECAY = 1e-4
 
 def segmentation_spec(image_size: int) -> PreprocessSpec:
     """What the engine feeds an AutoTimm segmentor: squash to a square input, ImageNet normalisation."""
-    # No antialiasing: AutoTimm's segmentation transforms resize with OpenCV's INTER_LINEAR, and the
+    # OpenCV, no antialiasing: AutoTimm's segmentation transforms resize with OpenCV's INTER_LINEAR, and the
     # engine's checkpoint export gives segmentor bundles that preprocessing (checked after export).
-    return PreprocessSpec(size=(image_size, image_size), resize="squash", interpolation="bilinear", antialias=False)
+    return PreprocessSpec(
+        size=(image_size, image_size), resize="squash", interpolation="bilinear", backend="albumentations"
+    )
 
 
 # --------------------------------------------------------------------------- data

@@ -151,4 +151,4 @@ def test_inverted_boxes_are_dropped_after_nms():
     assert boxes.shape == (0, 4)
     reg = [torch.cat([r[:, :2], -r[:, 2:]], 1) for r in reg]  # x1 = px + |l|, x2 = px + |r|: some boxes valid
     ((boxes, _, _),) = decode_dense(cls, reg, None, (8,), (64, 64), 0.05, 0.5, 100)
-    assert len(boxes) > 0 and bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
+    assert len(boxes) > 0 and bool(((boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])).all())

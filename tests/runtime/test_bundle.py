@@ -1,4 +1,6 @@
+import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,10 +8,12 @@ import torch
 from autotimm_stream.errors import ModelError
 from autotimm_stream.export.save import save_bundle
 from autotimm_stream.export.timm import parse_classes
-from autotimm_stream.runtime.bundle import BundleMeta
+from autotimm_stream.runtime.bundle import BUNDLE_VERSION, BundleMeta
 from autotimm_stream.runtime.load import read_meta
 from autotimm_stream.runtime.runner import ModelRunner
 from tests.helpers import CLASSES, rng_frames
+
+ASSETS = Path(__file__).resolve().parents[2] / "autotimm_stream" / "assets"
 
 
 def test_metadata_round_trip(bundle):
@@ -62,13 +66,27 @@ def test_bad_bundle_files(tmp_path, content, message):
         ModelRunner(path)
 
 
+@pytest.mark.parametrize("antialias, backend", [(True, "torchvision"), (False, "albumentations")])
+def test_version_2_antialias_names_the_transform_library(antialias, backend):
+    """Bundles up to version 2 said ``antialias``: Pillow's resample (true) or OpenCV's (false)."""
+    doc = json.loads(BundleMeta(task="classification", class_names=["a"], input_size=(8, 8)).to_json())
+    del doc["transform_backend"]
+    doc.update(bundle_version=2, antialias=antialias)
+    assert BundleMeta.from_json(json.dumps(doc)).transform_backend == backend
+
+
+def test_the_bundled_demo_models_read_as_opencv_trained():
+    for name in ("demo_detector.pt", "demo_segmentor.pt"):
+        assert read_meta(ASSETS / name).transform_backend == "albumentations"
+
+
 def test_newer_bundle_version_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     meta = BundleMeta(task="classification", class_names=["a"], input_size=(8, 8))
     save_bundle(torch.jit.trace(torch.nn.Flatten(), torch.zeros(1, 3, 8, 8)), meta, path)
     with zipfile.ZipFile(path) as zf:
         name = next(n for n in zf.namelist() if n.endswith("autotimm_stream.json"))
-        text = zf.read(name).decode().replace('"bundle_version": 2', '"bundle_version": 99')
+        text = zf.read(name).decode().replace(f'"bundle_version": {BUNDLE_VERSION}', '"bundle_version": 99')
     broken = tmp_path / "v99.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
         for item in src.infolist():
@@ -87,6 +105,7 @@ def test_newer_bundle_version_is_refused(tmp_path):
         ({"class_names": []}, "no class names"),
         ({"threshold": [0.5, 0.5]}, "2 thresholds for 3 classes"),
         ({"resize": "zoom"}, "preprocessing metadata is invalid"),
+        ({"transform_backend": "opencv"}, "backend must be one of"),
     ],
 )
 def test_bad_metadata(kwargs, message):
