@@ -243,10 +243,11 @@ class ModelConfig(_Strict):
     fp16: bool = Field(False, description="half precision (CUDA only)")
     channels_last: bool = False
     threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; null = torch default")
-    fidelity: Literal["exact", "fast"] = Field(
-        "exact",
+    fidelity: Literal["auto", "exact", "fast"] = Field(
+        "auto",
         description="exact: resize and normalise with the training library's arithmetic (OpenCV or Pillow), bit "
-        "for bit; fast: torch's kernels where they are faster (Pillow-trained classifiers), within one grey level",
+        "for bit; fast: torch's kernels where faster (within one grey level); auto: exact except Pillow-trained "
+        "classifiers on the CPU, where Pillow costs 4-6x torch's kernel",
     )
     resize_on: Literal["device", "host"] = Field(
         "device",

@@ -104,7 +104,7 @@ class Detection:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "box": [round(v, 2) for v in self.box],
+            "box": [round(v, 3) for v in self.box],  # 1e-3 px: AutoTimm's boxes to the last pixel fraction that matters
             "class_id": self.class_id,
             "label": self.label,
             "score": round(self.score, 6),

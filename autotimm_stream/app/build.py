@@ -129,7 +129,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
         fp16=m.fp16,
         channels_last=m.channels_last,
         threads=m.threads,
-        exact=m.fidelity == "exact",
+        fidelity=m.fidelity,
         resize_on=m.resize_on,
     )
     if cfg.sinks.snapshot.enabled:  # a misspelt class fails now, before anything is opened or written

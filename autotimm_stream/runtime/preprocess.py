@@ -40,11 +40,13 @@ from .resample import DEVICE_KERNELS, resize_host, resize_tensor
 
 __all__ = [
     "BACKENDS",
+    "FIDELITIES",
     "INTERPOLATIONS",
     "RESIZE_MODES",
     "RESIZE_ON",
     "Geometry",
     "PreprocessSpec",
+    "exact_for",
     "plan",
     "preprocess_batch",
 ]
@@ -53,6 +55,7 @@ RESIZE_MODES = ("center_crop", "squash", "letterbox", "squash_crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 BACKENDS = ("torchvision", "albumentations")
 RESIZE_ON = ("device", "host")
+FIDELITIES = ("auto", "exact", "fast")
 LETTERBOX_FILL = 114
 
 
@@ -138,6 +141,22 @@ def _crop_offsets(dh: int, dw: int, backend: str) -> tuple[int, int]:
     if backend == "albumentations":
         return dh // 2, dw // 2
     return int(round(dh / 2.0)), int(round(dw / 2.0))
+
+
+def exact_for(fidelity: str, spec: PreprocessSpec, device: torch.device) -> bool:
+    """Whether ``fidelity`` (one of FIDELITIES) resizes ``spec``'s frames with the library's arithmetic on ``device``.
+
+    ``auto`` is exact wherever exactness is cheap: OpenCV-trained bundles everywhere (OpenCV is
+    faster than torch's uint8 kernels) and every bundle on CUDA (integer kernels on the device).
+    Pillow-trained bundles on the CPU get torch's antialiased kernel instead: Pillow costs 4-6x
+    more per frame (5-17 CPU-ms at 720p-1080p), 15-25 % of the suite classifier's engine fps, for
+    one grey level on 0.1-1.1 % of pixels (benchmarks/README.md, "--only preprocess").
+    """
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
+    if fidelity == "auto":
+        return device.type == "cuda" or spec.backend == "albumentations"
+    return fidelity == "exact"
 
 
 def _window(geo: Geometry, spec: PreprocessSpec) -> tuple[slice, slice, slice, slice]:

@@ -27,7 +27,7 @@ from ..errors import ConfigError, ModelError, first_line
 from ..tasks import Task
 from .bundle import BundleMeta
 from .load import Network
-from .preprocess import RESIZE_ON, preprocess_batch
+from .preprocess import FIDELITIES, RESIZE_ON, exact_for, preprocess_batch
 
 __all__ = ["ModelRunner", "resolve_device"]
 
@@ -67,8 +67,9 @@ class ModelRunner:
         channels_last: feed NHWC-strided input (fast on CUDA tensor cores and for some CPU convs).
         optimize: freeze and optimise the TorchScript graph for inference.
         threads: torch intra-op threads (``None`` keeps torch's default).
-        exact: resize and normalise with the training library's arithmetic, bit for bit
-            (:func:`.preprocess.preprocess_batch`); False allows torch's faster kernels.
+        fidelity: ``exact`` resizes and normalises with the training library's arithmetic, bit for
+            bit; ``fast`` allows torch's faster kernels (one grey level); ``auto`` is exact where
+            that is cheap (:func:`.preprocess.exact_for`).
         resize_on: CUDA: where exact resizing runs, ``device`` or ``host``.
     """
 
@@ -80,7 +81,7 @@ class ModelRunner:
         channels_last: bool = False,
         optimize: bool = True,
         threads: int | None = None,
-        exact: bool = True,
+        fidelity: str = "auto",
         resize_on: str = "device",
     ):
         self.device = resolve_device(device)
@@ -91,7 +92,9 @@ class ModelRunner:
         self.channels_last = channels_last
         if resize_on not in RESIZE_ON:
             raise ConfigError(f"model.resize_on must be one of {RESIZE_ON}, got {resize_on!r}")
-        self.exact, self.resize_on = exact, resize_on
+        if fidelity not in FIDELITIES:
+            raise ConfigError(f"model.fidelity must be one of {FIDELITIES}, got {fidelity!r}")
+        self.resize_on = resize_on
         if threads:
             torch.set_num_threads(threads)
         self.network = Network(path, self.device, fp16=fp16, channels_last=channels_last, optimize=optimize)
@@ -100,6 +103,13 @@ class ModelRunner:
         self.dtype = self.network.input_dtype
         self.path = os.fspath(path)
         self.spec = self.meta.preprocess_spec()
+        self.exact = exact_for(fidelity, self.spec, self.device)
+        if fidelity == "auto" and not self.exact:
+            _logger.info(
+                "%s: resizing with torch's antialiased kernel, within one grey level of Pillow's "
+                "(model.fidelity: exact for Pillow itself, bit for bit, at 4-6x the CPU cost)",
+                self.meta_name,
+            )
         self.model_version = file_version(self.path)
         cuda = self.device.type == "cuda"
         self._prep_stream = torch.cuda.Stream(self.device) if cuda else None

@@ -20,6 +20,7 @@ from autotimm_stream.runtime.preprocess import (
     PreprocessSpec,
     _host_inputs,
     _tensor_inputs,
+    exact_for,
     plan,
     preprocess_batch,
 )
@@ -188,3 +189,23 @@ def test_a_single_flipped_view_is_accepted():
     spec = PreprocessSpec((32, 32), "squash", 1.0, "bilinear", MEAN, STD)
     flipped = img[..., ::-1]  # BGR<->RGB view with a negative stride
     torch.testing.assert_close(preprocess_batch([flipped], spec), preprocess_batch([flipped.copy()], spec))
+
+
+@pytest.mark.parametrize(
+    "fidelity, backend, device, exact",
+    [
+        ("auto", "albumentations", "cpu", True),  # OpenCV: exact and faster than torch
+        ("auto", "torchvision", "cpu", False),  # Pillow costs 4-6x torch's kernel on the CPU
+        ("auto", "torchvision", "cuda", True),  # integer kernels on the device
+        ("exact", "torchvision", "cpu", True),
+        ("fast", "albumentations", "cuda", False),
+    ],
+)
+def test_which_fidelity_is_exact(fidelity, backend, device, exact):
+    spec = PreprocessSpec((64, 64), backend=backend)
+    assert exact_for(fidelity, spec, torch.device(device)) is exact
+
+
+def test_an_unknown_fidelity_is_refused():
+    with pytest.raises(ValueError, match="fidelity must be one of"):
+        exact_for("perfect", PreprocessSpec((8, 8)), torch.device("cpu"))
