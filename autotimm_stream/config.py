@@ -240,7 +240,12 @@ class ControlConfig(_Strict):
 class ModelConfig(_Strict):
     path: str = Field(description="model bundle made by `autotimm-stream export`")
     device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    fp16: bool = Field(False, description="half precision (CUDA only)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="weights and input: fp32; bf16 (CPUs with AVX512-BF16 or AMX, CUDA); fp16 (CUDA). "
+        "Post-processing always runs in fp32",
+    )
+    fp16: bool = Field(False, description="the older switch for precision: fp16")
     channels_last: bool = False
     threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; null = torch default")
     fidelity: Literal["auto", "exact", "fast"] = Field(
@@ -261,6 +266,12 @@ class ModelConfig(_Strict):
         le=1.0,
         description="multilabel: class threshold; detection: score threshold; null = bundle's",
     )
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> ModelConfig:
+        if self.fp16 and self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"fp16 is true but precision is {self.precision!r}: set only precision")
+        return self
 
 
 class BatchPolicy(_Strict):

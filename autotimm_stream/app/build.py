@@ -126,7 +126,7 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
     runner = ModelRunner(
         m.path,
         device=m.device,
-        fp16=m.fp16,
+        precision="fp16" if m.fp16 else m.precision,
         channels_last=m.channels_last,
         threads=m.threads,
         fidelity=m.fidelity,

@@ -153,7 +153,8 @@ class Network:
     Args:
         path: the bundle file.
         device: where inputs live and outputs are returned.
-        fp16: half precision weights and inputs (CUDA).
+        dtype: weights and inputs: float32, bfloat16 or float16 (torch formats; ONNX and
+            AOTInductor bundles run as exported, in float32).
         channels_last: NHWC-strided weights (torch formats).
         optimize: freeze and optimise TorchScript for inference.
     """
@@ -162,7 +163,7 @@ class Network:
         self,
         path: str | os.PathLike[str],
         device: torch.device,
-        fp16: bool = False,
+        dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         optimize: bool = True,
     ):
@@ -178,10 +179,15 @@ class Network:
                     "or export it without --quantize for CUDA"
                 )
             _logger.warning("%s is %s for the CPU; onnxruntime runs its integer ops there", self.path, mode)
-        self.input_dtype = torch.float16 if fp16 else torch.float32
+        if self.meta.quantization and dtype != torch.float32:
+            raise ModelError(
+                f"model bundle {self.path!r} is quantized ({self.meta.quantization.get('mode', 'int8')}); "
+                "run it with model.precision fp32, or export it without --quantize for bf16/fp16"
+            )
+        self.input_dtype = dtype
         self.onnx_session: Any = None  # the onnxruntime InferenceSession of an ``onnx`` bundle
         try:
-            self._call = getattr(self, f"_load_{self.format}")(fp16, channels_last, optimize)
+            self._call = getattr(self, f"_load_{self.format}")(dtype, channels_last, optimize)
         except ModelError:
             raise
         except (RuntimeError, ValueError, OSError) as exc:
@@ -192,11 +198,11 @@ class Network:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._call(x)
 
-    def _load_torchscript(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+    def _load_torchscript(self, dtype: torch.dtype, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         with quiet_jit():
             module = torch.jit.load(self.path, map_location=self.device).eval()
-            if fp16:
-                module = module.half()
+            if dtype != torch.float32:
+                module = module.to(dtype)
             if channels_last:
                 module = module.to(memory_format=torch.channels_last)
             if optimize:
@@ -205,24 +211,24 @@ class Network:
                     module = torch.jit.optimize_for_inference(module)
         return lambda x: flatten_outputs(module(x))
 
-    def _load_export(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+    def _load_export(self, dtype: torch.dtype, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         program = load_program(self.path)
         module = program.module().to(self.device)
-        if fp16:
-            module = module.half()
+        if dtype != torch.float32:
+            module = module.to(dtype)
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         return lambda x: flatten_outputs(module(x))
 
-    def _load_aoti(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+    def _load_aoti(self, dtype: torch.dtype, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         built = self.meta.compiled_for or "cpu"
         if built != self.device.type:
             raise ModelError(
                 f"model bundle {self.path!r} is AOTInductor code compiled for {built}, but the model runs on "
                 f"{self.device.type}; use model.device {built!r} or export it again with --device {self.device.type}"
             )
-        if fp16 or channels_last:
-            _logger.warning("fp16/channels_last do not apply to an AOTInductor package; it runs as compiled")
+        if dtype != torch.float32 or channels_last:
+            _logger.warning("precision/channels_last do not apply to an AOTInductor package; it runs as compiled")
         self.input_dtype = torch.float32
         index = -1  # the loader's "current device"
         if self.device.type == "cuda":
@@ -236,7 +242,7 @@ class Network:
             runner = torch._inductor.aoti_load_package(self.path, device_index=index)
         return lambda x: flatten_outputs(runner(x.float().contiguous()))
 
-    def _load_onnx(self, fp16: bool, channels_last: bool, optimize: bool) -> Callable[..., Any]:
+    def _load_onnx(self, dtype: torch.dtype, channels_last: bool, optimize: bool) -> Callable[..., Any]:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -244,8 +250,8 @@ class Network:
                 f"model bundle {self.path!r} is ONNX, which needs onnxruntime; "
                 "install it (pip install 'autotimm-stream[onnx]') or export another --format"
             ) from None
-        if fp16:
-            _logger.warning("fp16 is not applied to ONNX bundles; running the model as exported")
+        if dtype != torch.float32:
+            _logger.warning("%s is not applied to ONNX bundles; running the model as exported", dtype)
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
