@@ -126,7 +126,8 @@ def build_pipeline(cfg: RunConfig, stop: threading.Event | None = None) -> Pipel
     runner = ModelRunner(
         m.path,
         device=m.device,
-        precision="fp16" if m.fp16 else m.precision,
+        precision=m.precision,
+        fp16=m.fp16,
         channels_last=m.channels_last,
         threads=m.threads,
         fidelity=m.fidelity,

@@ -48,17 +48,17 @@ SPECS = {
     "center_crop 224 bicubic (timm cls)": PreprocessSpec((224, 224), "center_crop", 0.875, "bicubic"),
 }
 CPU = torch.device("cpu")
+# uint8 [B, 3, h, w] model inputs per variant; each is then normalised the same way (timed with it)
 VARIANTS = {
-    "exact": lambda frames, spec: _normalise(
-        torch.from_numpy(_host_inputs(frames, spec)).permute(0, 3, 1, 2), spec, torch.float32, False
-    ),
-    "torch": lambda frames, spec: _normalise(
-        _tensor_inputs(frames, spec, CPU, exact=False), spec, torch.float32, False
-    ),
-    "kernel": lambda frames, spec: _normalise(
-        _tensor_inputs(frames, spec, CPU, exact=True), spec, torch.float32, False
-    ),
+    "exact": lambda frames, spec: torch.from_numpy(_host_inputs(frames, spec)).permute(0, 3, 1, 2),
+    "torch": lambda frames, spec: _tensor_inputs(frames, spec, CPU, exact=False),
+    "kernel": lambda frames, spec: _tensor_inputs(frames, spec, CPU, exact=True),
 }
+
+
+def convert(variant: str, frames: list[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
+    """``frames`` -> the normalised float32 model input, resized as ``variant`` does."""
+    return _normalise(VARIANTS[variant](frames, spec), spec, torch.float32, False)
 
 
 def frames_of(h: int, w: int, n: int = 4) -> list[np.ndarray]:
@@ -75,12 +75,12 @@ def preprocess(out: Path, rounds: int = 7, threads: int = 2) -> dict[str, Any]:
         frames = frames_of(h, w)
         for name, spec in SPECS.items():
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for fn in VARIANTS.values():  # warm-up: plans, coefficient tables, allocator
-                fn(frames, spec)
+            for v in VARIANTS:  # warm-up: plans, coefficient tables, allocator
+                convert(v, frames, spec)
             for _ in range(rounds):
-                for v, fn in VARIANTS.items():
+                for v in VARIANTS:
                     t0 = time.perf_counter()
-                    fn(frames, spec)
+                    convert(v, frames, spec)
                     times[v].append((time.perf_counter() - t0) * 1e3 / len(frames))
             cell = {v: round(statistics.median(t), 3) for v, t in times.items()}
             cell["exact_vs_torch"] = round(cell["exact"] / cell["torch"], 2)

@@ -99,4 +99,4 @@ def test_bad_precision_config(model, message):
 
 def test_the_fp16_switch_still_means_fp16():
     cfg = validate_config({"sources": [{"id": "a", "uri": "x.mp4"}], "model": {"path": "m.pt", "fp16": True}})
-    assert cfg.model.fp16 and cfg.model.precision == "fp32"  # build.py maps fp16: true to precision fp16
+    assert cfg.model.fp16 and cfg.model.precision == "fp32"  # ModelRunner reads fp16: true as precision fp16
